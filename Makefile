@@ -1,0 +1,33 @@
+# The two commands a user needs: `make demo` and `make test` (both set everything up once first).
+SHELL := /bin/bash
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+export DVC_NO_ANALYTICS := 1
+export WANDB_MODE ?= offline
+CORES ?= 2
+
+.PHONY: setup demo test test-fast lint dag bench clean
+
+setup:
+	@bash workflow/scripts/setup.sh
+
+demo: setup
+	snakemake --profile profiles/default --cores $(CORES)
+
+test: setup
+	pytest -q
+
+test-fast: setup
+	pytest -q -m "not slow"
+
+lint: setup
+	snakemake --lint --cores 1
+	snakefmt --check workflow/
+
+dag: setup
+	snakemake --dag --cores 1 | dot -Tsvg > results/dag.svg && echo "wrote results/dag.svg"
+
+bench: setup
+	python bench/probe.py && python bench/dag.py
+
+clean:
+	rm -rf data/raw data/shards data/clips results/logs results/benchmarks .snakemake

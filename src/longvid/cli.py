@@ -1,0 +1,82 @@
+"""`longvid <stage> ...`: one subcommand per pipeline stage; every Snakemake rule calls one.
+
+Stage modules are imported lazily so `longvid --help` stays fast and a stage's heavy imports
+(torch, cv2, dvc) are paid only by the stage that needs them. A stage module provides
+`add_arguments(parser)` and `run(args) -> int | None`, and its docstring is the `--help` text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from longvid.io import InputError
+
+# subcommand -> module. Order is the order of the pipeline.
+STAGES: dict[str, str] = {
+    "fetch": "longvid.ingest.fetch",
+    "shard": "longvid.ingest.shard",
+    "probe": "longvid.ingest.probe",
+    "split": "longvid.ingest.split",
+    "filter": "longvid.ingest.filters",
+    "caption": "longvid.caption.stage",
+    "dataset": "longvid.dataset.build",
+    "publish": "longvid.dvc_publish",
+    "config": "longvid.config",
+}
+
+
+STAGES_HELP = {
+    "longvid.ingest.fetch": "materialise a dataset's source videos and write its manifest",
+    "longvid.ingest.shard": "split a manifest into fixed-size shards (the unit of every data job)",
+    "longvid.ingest.probe": "decode every video of a shard: frames, fps, size, codec, errors",
+    "longvid.ingest.split": "detect scenes and cut frame-accurate clips",
+    "longvid.ingest.filters": "score clips (length, resolution, aspect, motion) and keep or reject them",
+    "longvid.caption.stage": "attach captions to kept clips (passthrough or a VLM endpoint)",
+    "longvid.dataset.build": "gather shards into train/val JSONL with stats and plots",
+    "longvid.dvc_publish": "version a built dataset (or raw data) with DVC and push it",
+    "longvid.config": "print the resolved, validated configuration",
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="longvid", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="stage", metavar="<stage>", required=True)
+    for name, module_name in STAGES.items():
+        if only is not None and name != only:
+            sub.add_parser(name, help=STAGES_HELP[module_name])
+            continue
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(
+            name,
+            help=STAGES_HELP[module_name],
+            description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    stage = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(only=stage if stage in STAGES else "")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args._run(args) or 0)
+    except InputError as e:
+        print(f"longvid {args.stage}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

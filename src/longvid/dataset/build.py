@@ -1,0 +1,85 @@
+"""Gather captioned shards into the training dataset: `train.jsonl`, `val.jsonl`, stats and plots.
+
+Rows follow the research code's JSONL schema — `path` (relative to the dataset directory),
+`duration`, `num_frames`, `width`, `height`, `fps`, `caps` (list), `text` — plus the clip span in
+its source video (`clip_start`, `clip_end`, seconds), `id`, `video_id`, `source_path` and the filter
+scores. Kept clips are hard-linked (copied across file systems) into `clips/`, so the dataset
+directory is self-contained and can be versioned with DVC as one unit.
+
+The train/val split is a hash of the clip id and the split seed: deterministic, stable when clips are
+added, and independent of shard order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from longvid.dataset import stats as dataset_stats
+from longvid.io import read_jsonl, write_jsonl
+
+log = logging.getLogger(__name__)
+
+DEFAULTS = {"val_fraction": 0.1, "seed": 0}
+SCORE_COLUMNS = ("frames_at_fps", "short_side", "aspect", "motion")
+
+
+def split_of(clip_id: str, seed: int, val_fraction: float) -> str:
+    h = int(hashlib.sha256(f"{seed}:{clip_id}".encode()).hexdigest()[:12], 16) / 16**12
+    return "val" if h < val_fraction else "train"
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def dataset_row(clip: dict) -> dict:
+    return {
+        "path": f"clips/{clip['id']}.mp4",
+        "duration": clip["duration"], "num_frames": clip["num_frames"],
+        "width": clip["width"], "height": clip["height"], "fps": clip["fps"],
+        "caps": clip["caps"], "text": clip["text"],
+        "clip_start": clip.get("start"), "clip_end": clip.get("end"),
+        "id": clip["id"], "video_id": clip["video_id"], "source_path": clip["source_path"],
+        "scores": {k: clip.get(k) for k in SCORE_COLUMNS},
+        "meta": clip.get("meta", {}),
+    }
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--shards", required=True, nargs="+", type=Path, help="captioned shard tables")
+    p.add_argument("--out-dir", required=True, type=Path, help="data/datasets/{dataset}")
+    p.add_argument("--params", default="{}", help="the dataset's `dataset` config section, as JSON")
+
+
+def run(args) -> int:
+    cfg = {**DEFAULTS, **json.loads(args.params)}
+    clips = [c for shard in args.shards for c in read_jsonl(shard)]
+    usable = sorted((c for c in clips if c.get("keep") and c.get("text")), key=lambda c: c["id"])
+    out = args.out_dir
+    for clip in usable:
+        link_or_copy(Path(clip["path"]), out / "clips" / f"{clip['id']}.mp4")
+    rows = [dataset_row(c) for c in usable]
+    parts = {"train": [], "val": []}
+    for row in rows:
+        parts[split_of(row["id"], cfg["seed"], cfg["val_fraction"])].append(row)
+    if cfg["val_fraction"] > 0 and not parts["val"] and len(parts["train"]) > 1:
+        parts["val"].append(parts["train"].pop())  # a tiny dataset still gets a validation clip
+    write_jsonl(out / "train.jsonl", parts["train"])
+    write_jsonl(out / "val.jsonl", parts["val"])
+    summary = dataset_stats.compute(parts["train"], parts["val"], clips)
+    dataset_stats.plot(rows, out / "stats")
+    dataset_stats.write(summary, out / "stats.json")
+    log.info("dataset %s: %d train, %d val clips (%.2f h); %d clips rejected", out, len(parts["train"]),
+             len(parts["val"]), summary["hours"], summary["clips"]["rejected"])
+    return 0

@@ -1,0 +1,18 @@
+# caption: per shard, kept clips get captions (passthrough of source captions, or a VLM endpoint).
+
+
+rule caption:
+    input:
+        "data/shards/{dataset}/{shard}/filtered.jsonl",
+    output:
+        "data/shards/{dataset}/{shard}/captioned.jsonl",
+    params:
+        cfg=stage_params("caption"),
+    log:
+        "results/logs/{dataset}/caption/{shard}.log",
+    benchmark:
+        "results/benchmarks/{dataset}/caption/{shard}.tsv"
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "longvid caption --clips {input} --out {output} --params {params.cfg} > {log} 2>&1"

@@ -1,0 +1,96 @@
+# Config resolution, path helpers and the shard checkpoint's aggregation. Rules stay declarative;
+# every bit of logic they need lives here, named.
+import json
+import re
+import shlex
+from pathlib import Path
+
+from longvid import config as lvconfig
+from longvid.io import InputError
+
+ROOT = Path(workflow.basedir).parent
+
+# Validate everything the default target needs before any job runs; errors name the key.
+try:
+    RESOLVED = lvconfig.resolve(config, ROOT)
+except InputError as e:
+    raise WorkflowError(f"invalid configuration: {e}")
+
+_dataset_cache = dict(RESOLVED["datasets"])
+
+
+def dataset_cfg(name):
+    """Resolved config of any dataset: listed in config.yaml or only present in config/datasets/."""
+    if name not in _dataset_cache:
+        try:
+            _dataset_cache[name] = lvconfig.dataset(name, config["datasets"].get(name), ROOT)
+        except InputError as e:
+            raise WorkflowError(str(e))
+    return _dataset_cache[name]
+
+
+def stage_params(stage):
+    """A params function giving a dataset's `stage` config section as shell-quoted JSON.
+
+    Passing the section as a param makes Snakemake rerun exactly the stages whose settings changed
+    (and, through their outputs, everything downstream), and nothing else.
+    """
+
+    def params(wildcards):
+        return shlex.quote(json.dumps(dataset_cfg(wildcards.dataset)[stage], sort_keys=True))
+
+    return params
+
+
+def workers(wildcards, threads):
+    return config.get("workers") or threads
+
+
+def dvc_tracked(name):
+    """A dataset whose version lives in DVC: pulled, never rebuilt (unless dvc.pull is false)."""
+    return dataset_cfg(name)["dvc"]["pull"] and (ROOT / "data" / "datasets" / f"{name}.dvc").exists()
+
+
+def _name_regex(names):
+    return "|".join(map(re.escape, names)) or "(?!x)x"  # an empty list must match nothing
+
+
+ALL_DATASETS = sorted(p.stem for p in (ROOT / "config" / "datasets").glob("*.yaml"))
+TRACKED_DATASETS = [d for d in ALL_DATASETS if dvc_tracked(d)]
+BUILT_DATASETS = [d for d in ALL_DATASETS if d not in TRACKED_DATASETS]
+
+DATASET_FILES = ["train.jsonl", "val.jsonl", "stats.json"]
+
+
+def dataset_outputs(name):
+    return [f"data/datasets/{name}/{f}" for f in DATASET_FILES]
+
+
+def dataset_input(name):
+    """What a consumer (encode, train, ...) depends on. A DVC-pulled dataset is `ancient`: the fresh
+    mtimes `dvc pull` gives its files must not make everything downstream rerun."""
+    files = dataset_outputs(name)
+    return [ancient(f) for f in files] if name in TRACKED_DATASETS else files
+
+
+def dataset_files(wildcards):
+    return dataset_outputs(wildcards.dataset)
+
+
+def push_flag(wildcards):
+    return "--push" if dataset_cfg(wildcards.dataset)["dvc"]["push"] else ""
+
+
+def shard_tables(table):
+    """Input function: one `table` per shard of a dataset, known once the shard checkpoint ran."""
+
+    def tables(wildcards):
+        listing = checkpoints.shard.get(dataset=wildcards.dataset).output.shards
+        shards = json.loads(Path(listing).read_text())["shards"]
+        return [f"data/shards/{wildcards.dataset}/{s}/{table}" for s in shards]
+
+    return tables
+
+
+def default_targets():
+    return [f for name in RESOLVED["datasets"] for f in dataset_outputs(name)]

@@ -1,0 +1,68 @@
+# dataset: gather the captioned shards into data/datasets/{dataset}/; version it with DVC.
+#
+# A dataset with a data/datasets/{dataset}.dvc file (and dvc.pull: true) is not rebuilt: `dvc pull`
+# materialises it, and consumers use it through dataset_input() as ancient() inputs, because DVC
+# gives pulled files fresh mtimes.
+
+
+rule dataset:
+    input:
+        shard_tables("captioned.jsonl"),
+    output:
+        train="data/datasets/{dataset}/train.jsonl",
+        val="data/datasets/{dataset}/val.jsonl",
+        stats="data/datasets/{dataset}/stats.json",
+        clips=directory("data/datasets/{dataset}/clips"),
+        plots=directory("data/datasets/{dataset}/stats"),
+    wildcard_constraints:
+        dataset=_name_regex(BUILT_DATASETS),
+    params:
+        cfg=stage_params("dataset"),
+    log:
+        "results/logs/{dataset}/dataset.log",
+    benchmark:
+        "results/benchmarks/{dataset}/dataset.tsv"
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "longvid dataset --shards {input} --out-dir data/datasets/{wildcards.dataset}"
+        " --params {params.cfg} > {log} 2>&1"
+
+
+rule dvc_pull:
+    input:
+        "data/datasets/{dataset}.dvc",
+    output:
+        train="data/datasets/{dataset}/train.jsonl",
+        val="data/datasets/{dataset}/val.jsonl",
+        stats="data/datasets/{dataset}/stats.json",
+    wildcard_constraints:
+        dataset=_name_regex(TRACKED_DATASETS),
+    log:
+        "results/logs/{dataset}/dvc_pull.log",
+    benchmark:
+        "results/benchmarks/{dataset}/dvc_pull.tsv"
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        # dvc keeps unchanged files untouched; touch so Snakemake sees the outputs as new
+        "dvc pull {input} > {log} 2>&1 && touch {output}"
+
+
+rule publish:
+    input:
+        dataset_files,
+    output:
+        "data/datasets/{dataset}.dvc",
+    wildcard_constraints:
+        dataset=_name_regex(BUILT_DATASETS),
+    params:
+        push=push_flag,
+    log:
+        "results/logs/{dataset}/publish.log",
+    benchmark:
+        "results/benchmarks/{dataset}/publish.tsv"
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "longvid publish --path data/datasets/{wildcards.dataset} {params.push} > {log} 2>&1"

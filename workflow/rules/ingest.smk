@@ -1,0 +1,100 @@
+# fetch -> shard (checkpoint) -> probe -> split -> filter. Data jobs run per shard: the job count
+# stays in the low thousands even at 500k videos, and per-clip state lives in the shard tables.
+
+
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9_.-]+",
+    shard=r"s\d{5}",
+
+
+rule fetch:
+    output:
+        manifest="data/raw/{dataset}/manifest.jsonl",
+    params:
+        source=stage_params("source"),
+    log:
+        "results/logs/{dataset}/fetch.log",
+    benchmark:
+        "results/benchmarks/{dataset}/fetch.tsv"
+    threads: 4
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "longvid fetch --source {params.source} --out-dir data/raw/{wildcards.dataset}/videos"
+        " --manifest {output.manifest} > {log} 2>&1"
+
+
+checkpoint shard:
+    input:
+        manifest="data/raw/{dataset}/manifest.jsonl",
+    output:
+        shards="data/shards/{dataset}/shards.json",
+    params:
+        shard_size=config["shard_size"],
+    log:
+        "results/logs/{dataset}/shard.log",
+    benchmark:
+        "results/benchmarks/{dataset}/shard.tsv"
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "longvid shard --manifest {input.manifest} --shard-size {params.shard_size}"
+        " --out-dir data/shards/{wildcards.dataset} --shards-json {output.shards} > {log} 2>&1"
+
+
+rule probe:
+    input:
+        # written by the shard checkpoint (only when its rows change, so unchanged shards stay done)
+        manifest="data/shards/{dataset}/{shard}/manifest.jsonl",
+    output:
+        "data/shards/{dataset}/{shard}/probe.jsonl",
+    params:
+        workers=workers,
+    log:
+        "results/logs/{dataset}/probe/{shard}.log",
+    benchmark:
+        "results/benchmarks/{dataset}/probe/{shard}.tsv"
+    threads: 4
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "longvid probe --manifest {input.manifest} --out {output} --workers {params.workers} > {log} 2>&1"
+
+
+rule split:
+    input:
+        "data/shards/{dataset}/{shard}/probe.jsonl",
+    output:
+        "data/shards/{dataset}/{shard}/clips.jsonl",
+    params:
+        cfg=stage_params("split"),
+        workers=workers,
+    log:
+        "results/logs/{dataset}/split/{shard}.log",
+    benchmark:
+        "results/benchmarks/{dataset}/split/{shard}.tsv"
+    threads: 4
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "longvid split --probe {input} --out {output} --clip-dir data/clips/{wildcards.dataset}/{wildcards.shard}"
+        " --params {params.cfg} --workers {params.workers} > {log} 2>&1"
+
+
+rule filter:
+    input:
+        "data/shards/{dataset}/{shard}/clips.jsonl",
+    output:
+        "data/shards/{dataset}/{shard}/filtered.jsonl",
+    params:
+        cfg=stage_params("filter"),
+        workers=workers,
+    log:
+        "results/logs/{dataset}/filter/{shard}.log",
+    benchmark:
+        "results/benchmarks/{dataset}/filter/{shard}.tsv"
+    threads: 4
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "longvid filter --clips {input} --out {output} --params {params.cfg} --workers {params.workers} > {log} 2>&1"
