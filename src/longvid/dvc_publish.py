@@ -2,14 +2,12 @@
 
 Writes `<path>.dvc` next to the directory; commit it to git so colleagues can `dvc pull` exactly this
 version. Without a configured remote, the data is only added to the local DVC cache (a warning says
-so). The .dvc file is given an mtime just before the data's, so Snakemake does not see the freshly
-versioned dataset as needing a pull.
+so). From then on the workflow uses the versioned dataset (see workflow/rules/dataset.smk).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,8 +40,6 @@ def publish(path: Path, push: bool) -> Path:
     elif push:
         log.warning("no default DVC remote configured (`dvc remote add -d NAME URL`); %s is only in the "
                     "local cache", path)
-    oldest = min(p.stat().st_mtime for p in path.rglob("*") if p.is_file())
-    os.utime(dot_dvc, (oldest - 1, oldest - 1))
     log.info("wrote %s: commit it (and the .gitignore beside it) to git", dot_dvc)
     return dot_dvc
 
