@@ -23,7 +23,9 @@ def dataset_cfg(name):
     """Resolved config of any dataset: listed in config.yaml or only present in config/datasets/."""
     if name not in _dataset_cache:
         try:
-            _dataset_cache[name] = lvconfig.dataset(name, config["datasets"].get(name), ROOT)
+            _dataset_cache[name] = lvconfig.dataset(
+                name, config["datasets"].get(name), ROOT
+            )
         except InputError as e:
             raise WorkflowError(str(e))
     return _dataset_cache[name]
@@ -37,7 +39,9 @@ def stage_params(stage):
     """
 
     def params(wildcards):
-        return shlex.quote(json.dumps(dataset_cfg(wildcards.dataset)[stage], sort_keys=True))
+        return shlex.quote(
+            json.dumps(dataset_cfg(wildcards.dataset)[stage], sort_keys=True)
+        )
 
     return params
 
@@ -48,11 +52,16 @@ def workers(wildcards, threads):
 
 def dvc_tracked(name):
     """A dataset whose version lives in DVC: pulled, never rebuilt (unless dvc.pull is false)."""
-    return dataset_cfg(name)["dvc"]["pull"] and (ROOT / "data" / "datasets" / f"{name}.dvc").exists()
+    return (
+        dataset_cfg(name)["dvc"]["pull"]
+        and (ROOT / "data" / "datasets" / f"{name}.dvc").exists()
+    )
 
 
 def _name_regex(names):
-    return "|".join(map(re.escape, names)) or "(?!x)x"  # an empty list must match nothing
+    return (
+        "|".join(map(re.escape, names)) or "(?!x)x"
+    )  # an empty list must match nothing
 
 
 ALL_DATASETS = sorted(p.stem for p in (ROOT / "config" / "datasets").glob("*.yaml"))

@@ -14,16 +14,16 @@ rule dataset:
         stats="data/datasets/{dataset}/stats.json",
         clips=directory("data/datasets/{dataset}/clips"),
         plots=directory("data/datasets/{dataset}/stats"),
-    wildcard_constraints:
-        dataset=_name_regex(BUILT_DATASETS),
-    params:
-        cfg=stage_params("dataset"),
     log:
         "results/logs/{dataset}/dataset.log",
     benchmark:
         "results/benchmarks/{dataset}/dataset.tsv"
+    wildcard_constraints:
+        dataset=_name_regex(BUILT_DATASETS),
     conda:
         "../../envs/data.yaml"
+    params:
+        cfg=stage_params("dataset"),
     shell:
         "longvid dataset --shards {input} --out-dir data/datasets/{wildcards.dataset}"
         " --params {params.cfg} > {log} 2>&1"
@@ -36,12 +36,12 @@ rule dvc_pull:
         train="data/datasets/{dataset}/train.jsonl",
         val="data/datasets/{dataset}/val.jsonl",
         stats="data/datasets/{dataset}/stats.json",
-    wildcard_constraints:
-        dataset=_name_regex(TRACKED_DATASETS),
     log:
         "results/logs/{dataset}/dvc_pull.log",
     benchmark:
         "results/benchmarks/{dataset}/dvc_pull.tsv"
+    wildcard_constraints:
+        dataset=_name_regex(TRACKED_DATASETS),
     conda:
         "../../envs/data.yaml"
     shell:
@@ -54,15 +54,32 @@ rule publish:
         dataset_files,
     output:
         "data/datasets/{dataset}.dvc",
-    wildcard_constraints:
-        dataset=_name_regex(BUILT_DATASETS),
-    params:
-        push=push_flag,
     log:
         "results/logs/{dataset}/publish.log",
     benchmark:
         "results/benchmarks/{dataset}/publish.tsv"
+    wildcard_constraints:
+        dataset=_name_regex(BUILT_DATASETS),
+    conda:
+        "../../envs/data.yaml"
+    params:
+        push=push_flag,
+    shell:
+        "longvid publish --path data/datasets/{wildcards.dataset} {params.push} > {log} 2>&1"
+
+
+rule publish_raw:
+    input:
+        "data/raw/{dataset}/manifest.jsonl",
+    output:
+        "data/raw/{dataset}.dvc",
+    params:
+        push=push_flag,
+    log:
+        "results/logs/{dataset}/publish_raw.log",
+    benchmark:
+        "results/benchmarks/{dataset}/publish_raw.tsv"
     conda:
         "../../envs/data.yaml"
     shell:
-        "longvid publish --path data/datasets/{wildcards.dataset} {params.push} > {log} 2>&1"
+        "longvid publish --path data/raw/{wildcards.dataset} {params.push} > {log} 2>&1"

@@ -10,15 +10,15 @@ wildcard_constraints:
 rule fetch:
     output:
         manifest="data/raw/{dataset}/manifest.jsonl",
-    params:
-        source=stage_params("source"),
     log:
         "results/logs/{dataset}/fetch.log",
     benchmark:
         "results/benchmarks/{dataset}/fetch.tsv"
-    threads: 4
     conda:
         "../../envs/data.yaml"
+    threads: 4
+    params:
+        source=stage_params("source"),
     shell:
         "longvid fetch --source {params.source} --out-dir data/raw/{wildcards.dataset}/videos"
         " --manifest {output.manifest} > {log} 2>&1"
@@ -29,14 +29,14 @@ checkpoint shard:
         manifest="data/raw/{dataset}/manifest.jsonl",
     output:
         shards="data/shards/{dataset}/shards.json",
-    params:
-        shard_size=config["shard_size"],
     log:
         "results/logs/{dataset}/shard.log",
     benchmark:
         "results/benchmarks/{dataset}/shard.tsv"
     conda:
         "../../envs/data.yaml"
+    params:
+        shard_size=config["shard_size"],
     shell:
         "longvid shard --manifest {input.manifest} --shard-size {params.shard_size}"
         " --out-dir data/shards/{wildcards.dataset} --shards-json {output.shards} > {log} 2>&1"
@@ -48,15 +48,15 @@ rule probe:
         manifest="data/shards/{dataset}/{shard}/manifest.jsonl",
     output:
         "data/shards/{dataset}/{shard}/probe.jsonl",
-    params:
-        workers=workers,
     log:
         "results/logs/{dataset}/probe/{shard}.log",
     benchmark:
         "results/benchmarks/{dataset}/probe/{shard}.tsv"
-    threads: 4
     conda:
         "../../envs/data.yaml"
+    threads: 4
+    params:
+        workers=workers,
     shell:
         "longvid probe --manifest {input.manifest} --out {output} --workers {params.workers} > {log} 2>&1"
 
@@ -66,16 +66,16 @@ rule split:
         "data/shards/{dataset}/{shard}/probe.jsonl",
     output:
         "data/shards/{dataset}/{shard}/clips.jsonl",
-    params:
-        cfg=stage_params("split"),
-        workers=workers,
     log:
         "results/logs/{dataset}/split/{shard}.log",
     benchmark:
         "results/benchmarks/{dataset}/split/{shard}.tsv"
-    threads: 4
     conda:
         "../../envs/data.yaml"
+    threads: 4
+    params:
+        cfg=stage_params("split"),
+        workers=workers,
     shell:
         "longvid split --probe {input} --out {output} --clip-dir data/clips/{wildcards.dataset}/{wildcards.shard}"
         " --params {params.cfg} --workers {params.workers} > {log} 2>&1"
@@ -86,15 +86,15 @@ rule filter:
         "data/shards/{dataset}/{shard}/clips.jsonl",
     output:
         "data/shards/{dataset}/{shard}/filtered.jsonl",
-    params:
-        cfg=stage_params("filter"),
-        workers=workers,
     log:
         "results/logs/{dataset}/filter/{shard}.log",
     benchmark:
         "results/benchmarks/{dataset}/filter/{shard}.tsv"
-    threads: 4
     conda:
         "../../envs/data.yaml"
+    threads: 4
+    params:
+        cfg=stage_params("filter"),
+        workers=workers,
     shell:
         "longvid filter --clips {input} --out {output} --params {params.cfg} --workers {params.workers} > {log} 2>&1"

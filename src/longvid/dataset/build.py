@@ -52,8 +52,19 @@ def dataset_row(clip: dict) -> dict:
         "clip_start": clip.get("start"), "clip_end": clip.get("end"),
         "id": clip["id"], "video_id": clip["video_id"], "source_path": clip["source_path"],
         "scores": {k: clip.get(k) for k in SCORE_COLUMNS},
-        "meta": clip.get("meta", {}),
+        "meta": clip_meta(clip),
     }
+
+
+def clip_meta(clip: dict) -> dict:
+    """The source's metadata for this clip: of a video's `shots` (ground truth of generated data),
+    only the one the clip was cut from."""
+    meta = dict(clip.get("meta") or {})
+    shots = meta.pop("shots", None)
+    if shots and clip.get("end_frame") is not None:
+        a, b = clip["start_frame"], clip["end_frame"]
+        meta["shot"] = max(shots, key=lambda s: min(b, s["end_frame"]) - max(a, s["start_frame"]))
+    return meta
 
 
 def add_arguments(p) -> None:
