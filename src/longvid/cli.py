@@ -13,6 +13,7 @@ import logging
 import sys
 
 from longvid.io import InputError
+from longvid.train.accounting import LOG_DATEFMT, LOG_FORMAT
 
 # subcommand -> module. Order is the order of the pipeline.
 STAGES: dict[str, str] = {
@@ -24,6 +25,7 @@ STAGES: dict[str, str] = {
     "caption": "longvid.caption.stage",
     "dataset": "longvid.dataset.build",
     "publish": "longvid.dvc_publish",
+    "runtime-report": "longvid.train.accounting",
     "config": "longvid.config",
 }
 
@@ -37,6 +39,7 @@ STAGES_HELP = {
     "longvid.caption.stage": "attach captions to kept clips (passthrough or a VLM endpoint)",
     "longvid.dataset.build": "gather shards into train/val JSONL with stats and plots",
     "longvid.dvc_publish": "version a built dataset (or raw data) with DVC and push it",
+    "longvid.train.accounting": "wall time lost to queueing, preemption and restarts, from training logs",
     "longvid.config": "print the resolved, validated configuration",
 }
 
@@ -66,11 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     stage = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only=stage if stage in STAGES else "")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    # ISO timestamps with zone: `longvid runtime-report` reads these logs back.
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT,
+                        datefmt=LOG_DATEFMT)
     try:
         return int(args._run(args) or 0)
     except InputError as e:
