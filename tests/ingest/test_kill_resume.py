@@ -1,6 +1,7 @@
 """A data job SIGKILLed mid-shard and rerun loses nothing, duplicates nothing, redoes nothing."""
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -38,11 +39,13 @@ def test_sigkill_mid_shard_then_rerun(probed_shard, tmp_path):
 
     out = tmp_path / "killed"
     journal = out / ".clips.jsonl.journal"
-    proc = subprocess.Popen(split_cmd(probed_shard, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # its own process group, killed whole, as Slurm or a node failure would: workers included
+    proc = subprocess.Popen(split_cmd(probed_shard, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and (not journal.exists() or len(journal.read_text().splitlines()) < 3):
         time.sleep(0.05)  # header + 2 finished videos
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "clips.jsonl").exists(), "a killed job must not leave a complete-looking output"
     done = [json.loads(line) for line in journal.read_text().splitlines()[1:] if line.endswith("}")]
