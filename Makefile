@@ -22,6 +22,7 @@ test-fast: setup
 lint: setup
 	snakemake --lint --cores 1
 	snakefmt --check workflow/
+	ruff check --select F,E9 src tests bench
 
 dag: setup
 	snakemake --dag --cores 1 | dot -Tsvg > results/dag.svg && echo "wrote results/dag.svg"

@@ -25,6 +25,7 @@ STAGES: dict[str, str] = {
     "caption": "longvid.caption.stage",
     "dataset": "longvid.dataset.build",
     "publish": "longvid.dvc_publish",
+    "viz-data": "longvid.dataset.viz",
     "runtime-report": "longvid.train.accounting",
     "config": "longvid.config",
 }
@@ -39,6 +40,7 @@ STAGES_HELP = {
     "longvid.caption.stage": "attach captions to kept clips (passthrough or a VLM endpoint)",
     "longvid.dataset.build": "gather shards into train/val JSONL with stats and plots",
     "longvid.dvc_publish": "version a built dataset (or raw data) with DVC and push it",
+    "longvid.dataset.viz": "write what the model sees (sampled, resized, cropped clips) to mp4",
     "longvid.train.accounting": "wall time lost to queueing, preemption and restarts, from training logs",
     "longvid.config": "print the resolved, validated configuration",
 }
