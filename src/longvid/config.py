@@ -1,4 +1,4 @@
-"""Configuration: config/config.yaml composes datasets (and experiments) by name.
+"""Configuration: config/config.yaml composes datasets and experiments by name.
 
 `datasets: {shapes: {filter: {min_motion: 0.2}}}` means: load config/datasets/shapes.yaml, deep-merge
 the overrides over it, validate against workflow/schemas/dataset.schema.yaml (which also fills in
@@ -84,6 +84,7 @@ def resolve(config: dict, root: Path = ROOT) -> dict:
     """The validated top-level config with every listed dataset resolved."""
     config = validate(config, "config.schema.yaml", "config", root)
     config["datasets"] = {name: dataset(name, over, root) for name, over in config["datasets"].items()}
+    config["experiments"] = {name: experiment(name, over, root) for name, over in config["experiments"].items()}
     return config
 
 
@@ -99,13 +100,34 @@ def dataset(name: str, overrides: dict | None = None, root: Path = ROOT) -> dict
     return cfg
 
 
+def experiment(name: str, overrides: dict | None = None, root: Path = ROOT) -> dict:
+    path = Path(root) / "config" / "experiments" / f"{name}.yaml"
+    if not path.exists():
+        raise InputError(f"experiments.{name}: no such experiment (expected {path.relative_to(root)})")
+    where = f"config/experiments/{name}.yaml"
+    cfg = validate(deep_merge(load_yaml(path), overrides or {}), "experiment.schema.yaml", where, root)
+    frames = cfg["data"]["num_frames"]
+    if (frames - 1) % 8:
+        raise InputError(f"{where}: data.num_frames: {frames} is not 8N+1 (49, 145, ...)")
+    if not (Path(root) / "config" / "datasets" / f"{cfg['dataset']}.yaml").exists():
+        raise InputError(f"{where}: dataset: no config/datasets/{cfg['dataset']}.yaml")
+    return cfg
+
+
 def add_arguments(p) -> None:
     p.add_argument("--configfile", type=Path, default=ROOT / "config" / "config.yaml")
     p.add_argument("--dataset", help="print only this dataset's resolved section")
+    p.add_argument("--experiment", help="print only this experiment's resolved section")
 
 
 def run(args) -> int:
-    cfg = resolve(load_yaml(args.configfile))
-    out = dataset(args.dataset, cfg["datasets"].get(args.dataset)) if args.dataset else cfg
+    raw = load_yaml(args.configfile)
+    cfg = resolve(raw)
+    if args.dataset:
+        out = dataset(args.dataset, raw.get("datasets", {}).get(args.dataset))
+    elif args.experiment:
+        out = experiment(args.experiment, raw.get("experiments", {}).get(args.experiment))
+    else:
+        out = cfg
     print(json.dumps(out, indent=2))
     return 0

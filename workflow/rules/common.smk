@@ -17,6 +17,7 @@ except InputError as e:
     raise WorkflowError(f"invalid configuration: {e}")
 
 _dataset_cache = dict(RESOLVED["datasets"])
+_experiment_cache = dict(RESOLVED["experiments"])
 
 
 def dataset_cfg(name):
@@ -29,6 +30,18 @@ def dataset_cfg(name):
         except InputError as e:
             raise WorkflowError(str(e))
     return _dataset_cache[name]
+
+
+def experiment_cfg(name):
+    """Resolved config of any experiment: listed in config.yaml or only in config/experiments/."""
+    if name not in _experiment_cache:
+        try:
+            _experiment_cache[name] = lvconfig.experiment(
+                name, config["experiments"].get(name), ROOT
+            )
+        except InputError as e:
+            raise WorkflowError(str(e))
+    return _experiment_cache[name]
 
 
 def stage_params(stage):
@@ -101,5 +114,39 @@ def shard_tables(table):
     return tables
 
 
+def experiment_params(wildcards):
+    return shlex.quote(json.dumps(experiment_cfg(wildcards.experiment), sort_keys=True))
+
+
+def experiment_dataset_dir(wildcards):
+    return f"data/datasets/{experiment_cfg(wildcards.experiment)['dataset']}"
+
+
+def experiment_dataset(wildcards):
+    return dataset_input(experiment_cfg(wildcards.experiment)["dataset"])
+
+
+def experiment_latents(wildcards):
+    if experiment_cfg(wildcards.experiment)["data"]["latent_cache"]:
+        return f"data/latents/{wildcards.experiment}/train.jsonl"
+    return []
+
+
+def latents_flag(wildcards, input):
+    return f"--latents {input.latents}" if input.latents else ""
+
+
+def launcher(wildcards, resources):
+    """How GPU jobs start their processes - `srun` from the Slurm profile (one task per GPU, any
+    number of nodes), or a single local process."""
+    mpi = getattr(resources, "mpi", None)
+    return f"{mpi} -n {resources.tasks}" if mpi else ""
+
+
 def default_targets():
-    return [f for name in RESOLVED["datasets"] for f in dataset_outputs(name)]
+    datasets = [f for name in RESOLVED["datasets"] for f in dataset_outputs(name)]
+    models = [
+        f"results/train/{name}/final/model.safetensors"
+        for name in RESOLVED["experiments"]
+    ]
+    return datasets + models

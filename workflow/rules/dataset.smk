@@ -73,13 +73,13 @@ rule publish_raw:
         "data/raw/{dataset}/manifest.jsonl",
     output:
         "data/raw/{dataset}.dvc",
-    params:
-        push=push_flag,
     log:
         "results/logs/{dataset}/publish_raw.log",
     benchmark:
         "results/benchmarks/{dataset}/publish_raw.tsv"
     conda:
         "../../envs/data.yaml"
+    params:
+        push=push_flag,
     shell:
         "longvid publish --path data/raw/{wildcards.dataset} {params.push} > {log} 2>&1"

@@ -1,0 +1,97 @@
+"""Precompute VAE latents and text embeddings of a dataset into a content-addressed cache.
+
+A cache entry is keyed by what determines it — the clip's content (sha256 of the file), the caption,
+the encoders' identity, frames x height x width at the training fps, and the dtype — never by file
+name, so entries are shared by every experiment that would compute the same thing, and a changed
+clip, caption or encoder can never be served stale. Entries are `{cache}/{key[:2]}/{key}.safetensors`
+holding `latents` (T, C, h, w) and `context` (L, D), written atomically; existing ones are skipped.
+
+The index (`--index`, JSONL: id, key, file) lists the entries of one dataset split for one experiment;
+the trainer reads it instead of decoding video. Rows are divided across the processes of the job
+(rank r encodes rows r, r+W, ...), and rank 0 writes the index once all are done.
+
+Cached clips use one fixed window per clip (the first `num_frames` at the training fps); training on
+the fly instead samples a random window each epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from longvid.dataset.loader import VideoClipDataset
+from longvid.ingest.manifest import sha256_file
+from longvid.io import atomic_path, write_jsonl
+from longvid.train.components import build_encoders
+from longvid.train.dist import barrier, cleanup, init_distributed
+
+log = logging.getLogger(__name__)
+DTYPE = "float32"
+
+
+def entry_key(clip_sha: str, text: str, encoder_id: str, shape: str) -> str:
+    parts = [clip_sha, hashlib.sha256(text.encode()).hexdigest(), encoder_id, shape, DTYPE]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def entry_path(cache: Path, key: str) -> Path:
+    return cache / key[:2] / f"{key}.safetensors"
+
+
+@torch.no_grad()
+def encode_split(exp: dict, jsonl: Path, root: Path, cache: Path, index: Path) -> int:
+    info = init_distributed()
+    d = exp["data"]
+    enc = build_encoders(exp)
+    enc.vae.to(info.device)
+    enc.text.to(info.device)
+    ds = VideoClipDataset(jsonl, root=root, num_frames=d["num_frames"], fps=d["fps"], height=d["height"],
+                          width=d["width"], text_key=d["text_key"], random_start=False)
+    shape = f"{d['num_frames']}x{d['height']}x{d['width']}@{d['fps']}fps"
+    rows, done = [], 0
+    for i, row in enumerate(ds.rows):
+        caption = json.dumps(row[d["text_key"]], sort_keys=True)  # a string, or a list of captions
+        key = entry_key(sha256_file(ds.paths[i]), caption, enc.identity, shape)
+        rows.append({"id": row.get("id", str(i)), "key": key,
+                     "file": os.path.relpath(entry_path(cache, key), index.parent)})
+    mine = [i for i in range(len(rows)) if i % info.world_size == info.rank]
+    for i in tqdm(mine, desc="encode", unit="clip", disable=None if info.is_main else True):
+        path = entry_path(cache, rows[i]["key"])
+        if path.exists():
+            continue
+        item = ds[i]
+        video = item["video"].to(info.device).permute(1, 0, 2, 3)[None]  # (1, 3, F, H, W)
+        latents = enc.vae.encode(video)[0].permute(1, 0, 2, 3)  # (T, C, h, w)
+        context = enc.text([item["text"]])[0]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file({"latents": latents.float().cpu().contiguous(), "context": context.float().cpu().contiguous()},
+                      str(tmp))
+        done += 1
+    barrier()
+    if info.is_main:
+        write_jsonl(index, rows)
+    log.info("encoded %d new clips of %d (%s)", done, len(rows), enc.identity)
+    cleanup()
+    return done
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--experiment", required=True, help="resolved experiment config, as JSON")
+    p.add_argument("--dataset-dir", required=True, type=Path, help="data/datasets/{dataset}")
+    p.add_argument("--split", default="train", choices=["train", "val"])
+    p.add_argument("--cache", type=Path, default=Path("data/latents/cache"), help="content-addressed store")
+    p.add_argument("--index", required=True, type=Path, help="output: index of this split's entries (JSONL)")
+
+
+def run(args) -> int:
+    exp = json.loads(args.experiment)
+    encode_split(exp, args.dataset_dir / f"{args.split}.jsonl", args.dataset_dir, args.cache, args.index)
+    return 0

@@ -1,0 +1,78 @@
+"""Build what an experiment trains and samples with: DiT, VAE, text encoder, noise schedule.
+
+The DiT's geometry follows from the data and the encoders, so an experiment names only the size and
+the long-video variant: num_frames from `data.num_frames`, the latent size from `data.height/width`
+and the VAE's compression, channels from the VAE, text width/length from the text encoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from longvid.diffusion.schedule import NoiseSchedule
+from longvid.io import InputError
+from longvid.models.config import DiTConfig
+from longvid.models.registry import DIFFUSION_DEFAULTS, make_config
+from longvid.models.text import T5TextEncoder, TextEncoder, TinyTextEncoder
+from longvid.models.vae import CogVideoXVAE, SpaceToDepthVAE, VideoAutoencoder
+
+
+@dataclass
+class Encoders:
+    vae: VideoAutoencoder
+    text: TextEncoder
+
+    @property
+    def identity(self) -> str:
+        """Names the encoders, for the content-addressed latent cache."""
+        return f"{self.vae.encoder_id}|{self.text.encoder_id}"
+
+
+def build_encoders(exp: dict) -> Encoders:
+    m = exp["model"]
+    v, t = m["vae"], m["text"]
+    if v["type"] == "space_to_depth":
+        vae = SpaceToDepthVAE()
+    else:
+        if not v["path"]:
+            raise InputError("model.vae.path: required for vae.type=cogvideox")
+        vae = CogVideoXVAE.from_pretrained(v["path"], scale_factor=v["scale_factor"],
+                                           encoder_window=v["encoder_window"], decoder_window=v["decoder_window"])
+    if t["type"] == "tiny":
+        text = TinyTextEncoder(dim=t["dim"], max_length=t["max_length"], seed=t["seed"])
+    else:
+        if not t["path"]:
+            raise InputError("model.text.path: required for text.type=t5")
+        text = T5TextEncoder(t["path"], max_length=t["max_length"])
+    return Encoders(vae.eval().requires_grad_(False), text.eval().requires_grad_(False))
+
+
+def dit_config(exp: dict, enc: Encoders) -> DiTConfig:
+    d = exp["data"]
+    s = enc.vae.spatial_compression
+    if d["height"] % s or d["width"] % s:
+        raise InputError(f"data.height/width={d['height']}x{d['width']}: must be multiples of the VAE's {s}x")
+    derived = {
+        "num_frames": d["num_frames"], "latent_height": d["height"] // s, "latent_width": d["width"] // s,
+        "in_channels": enc.vae.latent_channels * (2 if exp["model"]["size"] == "5b-i2v" else 1),
+        "out_channels": enc.vae.latent_channels, "text_dim": enc.text.dim, "text_length": enc.text.max_length,
+        "gradient_checkpointing": exp["train"]["gradient_checkpointing"],
+    }
+    return make_config(exp["model"]["size"], **{**exp["model"]["overrides"], **derived})
+
+
+def build_dit(exp: dict, enc: Encoders, seed: int | None = None):
+    from longvid.models.dit import DiT
+
+    if seed is not None:
+        torch.manual_seed(seed)  # identical initial weights on every rank
+    return DiT(dit_config(exp, enc))
+
+
+def build_schedule(exp: dict) -> NoiseSchedule:
+    shift = exp["train"]["snr_shift_scale"]
+    if shift is None:
+        shift = DIFFUSION_DEFAULTS[exp["model"]["size"]]["snr_shift_scale"]
+    return NoiseSchedule.cogvideox(snr_shift_scale=shift)

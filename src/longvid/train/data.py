@@ -1,0 +1,76 @@
+"""What the trainer iterates over: clips decoded and encoded on the fly, or the `encode` cache.
+
+Either way a batch becomes (latents (B, T, C, h, w), context (B, L, D)) through
+`latents_and_context`, so the loop does not care where they came from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader, Dataset
+
+from longvid.dataset.loader import VideoClipDataset
+from longvid.dataset.sampler import ResumableDistributedSampler
+from longvid.io import InputError, read_jsonl
+
+
+class LatentCacheDataset(Dataset):
+    """Rows of a latent-cache index (see longvid.encode): each points at one safetensors file
+    holding `latents` (T, C, h, w) and `context` (L, D) of one clip."""
+
+    def __init__(self, index: Path):
+        self.index = Path(index)
+        self.rows = list(read_jsonl(index))
+        if not self.rows:
+            raise InputError(f"{index}: the latent cache index is empty")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def set_epoch(self, epoch: int) -> None:  # cached latents are one fixed window per clip
+        pass
+
+    def __getitem__(self, i: int) -> dict:
+        path = self.index.parent / self.rows[i]["file"]
+        try:
+            tensors = load_file(path)
+        except Exception as e:  # noqa: BLE001 - name the file, whatever safetensors raised
+            raise InputError(f"{path}: unreadable latent cache entry ({type(e).__name__}: {e})") from None
+        return {"latents": tensors["latents"], "context": tensors["context"], "id": self.rows[i]["id"]}
+
+    @staticmethod
+    def latents_and_context(batch: dict, encoders, device) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch["latents"].to(device), batch["context"].to(device)
+
+
+class OnTheFly:
+    """Adds encoding to VideoClipDataset batches (VAE + text encoder, no gradients)."""
+
+    @staticmethod
+    @torch.no_grad()
+    def latents_and_context(batch: dict, encoders, device) -> tuple[torch.Tensor, torch.Tensor]:
+        video = batch["video"].to(device).permute(0, 2, 1, 3, 4)  # (B, F, 3, H, W) -> (B, 3, F, H, W)
+        latents = encoders.vae.encode(video).permute(0, 2, 1, 3, 4)  # -> (B, T, C, h, w) for the DiT
+        return latents, encoders.text(list(batch["text"])).to(device)
+
+
+class ClipData(VideoClipDataset, OnTheFly):
+    pass
+
+
+def make_loader(exp: dict, dataset_dir: Path, latents: Path | None, info):
+    d, t = exp["data"], exp["train"]
+    if latents is not None:
+        dataset = LatentCacheDataset(latents)
+    else:
+        dataset = ClipData(Path(dataset_dir) / "train.jsonl", root=dataset_dir, num_frames=d["num_frames"],
+                           fps=d["fps"], height=d["height"], width=d["width"], text_key=d["text_key"],
+                           seed=t["seed"])
+    sampler = ResumableDistributedSampler(len(dataset), info.rank, info.world_size, seed=t["seed"],
+                                          batch_size=t["micro_batch"])
+    loader = DataLoader(dataset, batch_size=t["micro_batch"], sampler=sampler, num_workers=d["num_workers"],
+                        drop_last=True)
+    return loader, sampler, dataset

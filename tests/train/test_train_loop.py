@@ -1,0 +1,108 @@
+"""The training loop end to end on the tiny hybrid model: resume after SIGKILL/SIGTERM is
+bit-identical, and two processes (torchrun, gloo) match one process on the same global batch."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+
+
+def experiment(**train) -> str:
+    exp = json.loads(subprocess.run(["longvid", "config", "--experiment", "tiny"], cwd=REPO, capture_output=True,
+                                    text=True, check=True).stdout)
+    exp["train"].update({"steps": 12, "save_every": 3, "log_every": 1, "deterministic": True, **train})
+    return json.dumps(exp)
+
+
+@pytest.fixture(scope="module")
+def latents(tmp_path_factory):
+    """The encode stage's cache of the tiny dataset (built by a real workflow run if missing)."""
+    ds = REPO / "data/datasets/shapes"
+    if not (ds / "train.jsonl").exists():
+        subprocess.run(["snakemake", "--cores", "2", "data/datasets/shapes/train.jsonl"], cwd=REPO, check=True,
+                       capture_output=True)
+    d = tmp_path_factory.mktemp("latents")
+    subprocess.run(["longvid", "encode", "--experiment", experiment(), "--dataset-dir", str(ds), "--cache",
+                    str(d / "cache"), "--index", str(d / "train.jsonl")], check=True, capture_output=True, env=ENV)
+    return d / "train.jsonl"
+
+
+def train_cmd(run_dir: Path, latents: Path, exp: str) -> list[str]:
+    return ["longvid", "train", "--experiment", exp, "--dataset-dir", str(REPO / "data/datasets/shapes"),
+            "--run-dir", str(run_dir), "--latents", str(latents)]
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "final/model.safetensors")
+
+
+def steps_logged(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return json.loads(lines[-1])["step"] if lines and lines[-1].endswith("}") else 0
+
+
+def interrupt(cmd: list[str], run_dir: Path, at_step: int, sig: int) -> int:
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and steps_logged(run_dir) < at_step:
+        time.sleep(0.02)
+    if sig == signal.SIGKILL:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+    return proc.wait(timeout=300)
+
+
+@pytest.fixture(scope="module")
+def reference(latents, tmp_path_factory):
+    run = tmp_path_factory.mktemp("reference")
+    subprocess.run(train_cmd(run, latents, experiment()), env=ENV, check=True, capture_output=True)
+    return weights(run)
+
+
+@pytest.mark.parametrize("sig,at_step", [(signal.SIGKILL, 5), (signal.SIGKILL, 9), (signal.SIGTERM, 7)])
+def test_interrupted_run_resumes_bit_identical(latents, reference, tmp_path, sig, at_step):
+    cmd = train_cmd(tmp_path, latents, experiment())
+    code = interrupt(cmd, tmp_path, at_step, sig)
+    if sig == signal.SIGTERM:
+        assert code == 75, "SIGTERM must save a checkpoint and exit 75 (retry me)"
+        assert (tmp_path / "checkpoints/latest").read_text().strip() == f"step_{steps_logged(tmp_path):08d}"
+    assert not (tmp_path / "final").exists()
+    subprocess.run(cmd, env=ENV, check=True, capture_output=True)
+    resumed = weights(tmp_path)
+    assert resumed.keys() == reference.keys()
+    for k in reference:
+        assert torch.equal(resumed[k], reference[k]), k
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13)), "the metrics log has each step exactly once"
+
+
+def test_two_processes_match_one_on_the_same_global_batch(latents, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run(train_cmd(one, latents, experiment(steps=4, micro_batch=4)), env=ENV, check=True,
+                   capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone",
+                           "-m", "longvid.cli", *train_cmd(two, latents, experiment(steps=4, micro_batch=2))[1:]],
+                          env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = weights(one), weights(two)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    losses = [[json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+              for run in (one, two)]
+    assert len(set(losses[0])) == 4, "the model trained (the loss moved)"
+    torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,48 @@
+# The model half, per experiment: encode -> train (-> sample -> evaluate -> report).
+# GPU rules; on Slurm, profiles/slurm gives them GPUs, tasks (one per GPU) and `mpi: srun`.
+
+
+rule encode:
+    input:
+        experiment_dataset,
+    output:
+        index="data/latents/{experiment}/train.jsonl",
+    log:
+        "results/logs/{experiment}/encode.log",
+    benchmark:
+        "results/benchmarks/{experiment}/encode.tsv"
+    conda:
+        "../../envs/train.yaml"
+    params:
+        experiment=experiment_params,
+        dataset_dir=experiment_dataset_dir,
+        launch=launcher,
+    shell:
+        "{params.launch} longvid encode --experiment {params.experiment} --dataset-dir {params.dataset_dir}"
+        " --cache data/latents/cache --index {output.index} > {log} 2>&1"
+
+
+rule train:
+    # The run directory is not an output: Snakemake deletes a failed job's outputs, and the
+    # checkpoints in it are what a retry (after preemption, exit 75) resumes from.
+    input:
+        dataset=experiment_dataset,
+        latents=experiment_latents,
+    output:
+        model="results/train/{experiment}/final/model.safetensors",
+        config="results/train/{experiment}/final/config.json",
+    log:
+        "results/logs/{experiment}/train.log",
+    benchmark:
+        "results/benchmarks/{experiment}/train.tsv"
+    retries: 3
+    conda:
+        "../../envs/train.yaml"
+    params:
+        experiment=experiment_params,
+        dataset_dir=experiment_dataset_dir,
+        latents=latents_flag,
+        launch=launcher,
+    shell:
+        "{params.launch} longvid train --experiment {params.experiment} --dataset-dir {params.dataset_dir}"
+        " --run-dir results/train/{wildcards.experiment} {params.latents} >> {log} 2>&1"
