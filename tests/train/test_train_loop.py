@@ -106,3 +106,15 @@ def test_two_processes_match_one_on_the_same_global_batch(latents, tmp_path):
               for run in (one, two)]
     assert len(set(losses[0])) == 4, "the model trained (the loss moved)"
     torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=1e-5, atol=1e-6)
+
+
+def test_deepspeed_zero2_bf16_resumes_after_sigterm(latents, tmp_path):
+    """Real DeepSpeed (ZeRO-2, bf16, gloo on CPU): preempted at step 4, resumed, equals a clean run."""
+    exp = experiment(steps=6, deepspeed=True, precision="bf16")
+    clean, resumed = tmp_path / "clean", tmp_path / "resumed"
+    subprocess.run(train_cmd(clean, latents, exp), env=ENV, check=True, capture_output=True)
+    assert interrupt(train_cmd(resumed, latents, exp), resumed, 4, signal.SIGTERM) == 75
+    subprocess.run(train_cmd(resumed, latents, exp), env=ENV, check=True, capture_output=True)
+    a, b = weights(clean), weights(resumed)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
