@@ -132,6 +132,10 @@ def experiment_latents(wildcards):
     return []
 
 
+def experiment_prompts(wildcards):
+    return experiment_cfg(wildcards.experiment)["sample"]["prompts"]
+
+
 def latents_flag(wildcards, input):
     return f"--latents {input.latents}" if input.latents else ""
 
@@ -145,8 +149,5 @@ def launcher(wildcards, resources):
 
 def default_targets():
     datasets = [f for name in RESOLVED["datasets"] for f in dataset_outputs(name)]
-    models = [
-        f"results/train/{name}/final/model.safetensors"
-        for name in RESOLVED["experiments"]
-    ]
-    return datasets + models
+    samples = [f"results/samples/{name}/index.json" for name in RESOLVED["experiments"]]
+    return datasets + samples

@@ -46,3 +46,24 @@ rule train:
     shell:
         "{params.launch} longvid train --experiment {params.experiment} --dataset-dir {params.dataset_dir}"
         " --run-dir results/train/{wildcards.experiment} {params.latents} >> {log} 2>&1"
+
+
+rule sample:
+    input:
+        model="results/train/{experiment}/final/model.safetensors",
+        prompts=experiment_prompts,
+    output:
+        index="results/samples/{experiment}/index.json",
+    log:
+        "results/logs/{experiment}/sample.log",
+    benchmark:
+        "results/benchmarks/{experiment}/sample.tsv"
+    conda:
+        "../../envs/train.yaml"
+    params:
+        experiment=experiment_params,
+        launch=launcher,
+    shell:
+        # videos already made with the same settings are kept (skip-if-exists inside the stage)
+        "{params.launch} longvid sample --experiment {params.experiment} --model results/train/{wildcards.experiment}/final"
+        " --out-dir results/samples/{wildcards.experiment} --prompts {input.prompts} > {log} 2>&1"
