@@ -65,7 +65,8 @@ def main() -> None:
         ours(x, t, ctx).float().square().mean().backward()
 
     with torch.no_grad():
-        diff = (ref(x, ctx, t, image_rotary_emb=rot, return_dict=False)[0] - ours(x, t, ctx)).abs().max().item()
+        want = ref(x, ctx, t, image_rotary_emb=rot, return_dict=False)[0]
+        diff = (want - ours(x, t, ctx)).abs().max().item()
     tokens = cfg.text_length + T * cfg.frame_tokens
     print(f"config: {args.pos}, hidden {cfg.hidden_size}, {cfg.num_layers} layers, {cfg.num_heads} heads, "
           f"{T} latent frames x {cfg.frame_tokens} tokens + {cfg.text_length} text = {tokens} tokens, "

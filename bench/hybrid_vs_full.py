@@ -38,7 +38,8 @@ def forward_flops(cfg: DiTConfig, text_len: int) -> float:
         attn = (num_windows(cfg, T) - cfg.repeat_attn_steps) * 4 * S * S * D
     mamba = 0.0
     if cfg.mamba:
-        dm, di, ds, Q = cfg.mamba_width, cfg.mamba_expand * cfg.mamba_width, cfg.mamba_d_state, cfg.mamba_chunk_size
+        dm, ds, Q = cfg.mamba_width, cfg.mamba_d_state, cfg.mamba_chunk_size
+        di = cfg.mamba_expand * dm
         heads = di // cfg.mamba_head_dim
         per_scan = 2 * N * dm * (2 * di + 2 * cfg.mamba_ngroups * ds + heads) + 2 * N * di * dm  # in/out proj
         per_scan += 2 * N * Q * (ds + di) + 4 * N * ds * di  # SSD: intra-chunk + state passing
@@ -75,8 +76,8 @@ def main() -> None:
     ctx = torch.randn(1, base.text_length, base.text_dim, device=dev, dtype=dtype)
     t = torch.tensor([500], device=dev)
     N = base.text_length + base.latent_frames * base.frame_tokens
-    print(f"config: hidden {base.hidden_size}, {base.num_layers} layers, {base.latent_frames} latent frames x "
-          f"{base.frame_tokens} tokens + {base.text_length} text = {N} tokens, {args.dtype} on {dev}")
+    print(f"config: hidden {base.hidden_size}, {base.num_layers} layers, {base.latent_frames} latent frames "
+          f"x {base.frame_tokens} tokens + {base.text_length} text = {N} tokens, {args.dtype} on {dev}")
 
     def step(name: str) -> float:
         if dev.type == "cuda":
@@ -100,7 +101,8 @@ def main() -> None:
     real_flops = {k: forward_flops(c, 226) for k, c in real.items()}
     for k in models:
         print(f"{k:>9}: {med[k] * 1000:9.1f} ms / step   measured {med[k] / med['full']:.2f}x of full   "
-              f"FLOPs {flops[k] / flops['full']:.2f}x here, {real_flops[k] / real_flops['full']:.2f}x for 5B@480x720")
+              f"FLOPs {flops[k] / flops['full']:.2f}x here, "
+              f"{real_flops[k] / real_flops['full']:.2f}x for 5B@480x720")
     print(f"ratio hybrid / full = {med['hybrid'] / med['full']:.2f}  (goal: well under 0.5)")
 
 

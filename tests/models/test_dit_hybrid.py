@@ -8,15 +8,16 @@ import torch
 from longvid.models.dit import DiT, ScanBlock
 from longvid.models.registry import make_config
 
-WINDOWED = dict(num_frames=49, attention="window", attn_prefix_frames=1, attn_window=4)  # 13 latents, 3 windows
+# 13 latent frames, 3 windows of 5 frames
+WINDOWED = {"num_frames": 49, "attention": "window", "attn_prefix_frames": 1, "attn_window": 4}
 VARIANTS = {
-    "post": dict(mamba_order="post"),
-    "pre": dict(mamba_order="pre"),
-    "parallel": dict(mamba_parallel_scan=True),
-    "identity-gate": dict(mamba_gate_fn="none", mamba_parallel_scan=True),
-    "width-adapters": dict(mamba_d_model=48),
-    "strided": dict(attention="strided"),
-    "repeat-attn": dict(repeat_attn_steps=1),
+    "post": {"mamba_order": "post"},
+    "pre": {"mamba_order": "pre"},
+    "parallel": {"mamba_parallel_scan": True},
+    "identity-gate": {"mamba_gate_fn": "none", "mamba_parallel_scan": True},
+    "width-adapters": {"mamba_d_model": 48},
+    "strided": {"attention": "strided"},
+    "repeat-attn": {"repeat_attn_steps": 1},
 }
 
 
@@ -36,9 +37,11 @@ def randomised(model: DiT, seed: int = 0) -> DiT:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_zero_gates_give_exactly_the_attention_only_model(variant):
-    base = make_config("tiny", **{**WINDOWED, **{k: v for k, v in VARIANTS[variant].items() if not k.startswith("mamba")}})
+    mamba_knobs = {k: v for k, v in VARIANTS[variant].items() if k.startswith("mamba")}
+    other_knobs = {k: v for k, v in VARIANTS[variant].items() if not k.startswith("mamba")}
+    base = make_config("tiny", **{**WINDOWED, **other_knobs})
     attn_only = randomised(DiT(base))
-    hybrid = DiT(base.replace(mamba=True, **{k: v for k, v in VARIANTS[variant].items() if k.startswith("mamba")}))
+    hybrid = DiT(base.replace(mamba=True, **mamba_knobs))
     missing, unexpected = hybrid.load_state_dict(attn_only.state_dict(), strict=False)
     assert not unexpected and missing and all(".mamba_scan" in k or "_gating." in k for k in missing)
     randomised_mamba(hybrid)
@@ -63,7 +66,8 @@ def randomised_mamba(model: DiT) -> None:
 
 def test_open_gates_change_the_output_per_composition():
     outs = {}
-    for name, extra in {"post": {}, "pre": dict(mamba_order="pre"), "para": dict(mamba_parallel_scan=True)}.items():
+    compositions = {"post": {}, "pre": {"mamba_order": "pre"}, "para": {"mamba_parallel_scan": True}}
+    for name, extra in compositions.items():
         model = randomised(DiT(make_config("tiny", **WINDOWED, mamba=True, mamba_gate_init=0.5, **extra)))
         with torch.no_grad():
             outs[name] = model(*inputs())
@@ -112,14 +116,15 @@ def test_scan_directions_by_dependence():
 
 def test_parameter_names_follow_the_seed_per_block():
     keys = DiT(make_config("tiny", mamba=True, mamba_d_model=48)).state_dict().keys()
-    for k in ("transformer_blocks.1.mamba_scan1.block.norm.weight", "transformer_blocks.1.mamba_scan2.block.mixer.A_log",
-              "transformer_blocks.1.mamba_scan1.in_projection.weight", "transformer_blocks.1.scan2_gating.gating_alpha"):
-        assert k in keys, k
+    for k in ("mamba_scan1.block.norm.weight", "mamba_scan2.block.mixer.A_log",
+              "mamba_scan1.in_projection.weight", "scan2_gating.gating_alpha"):
+        assert f"transformer_blocks.1.{k}" in keys, k
 
 
 def test_hybrid_trains_its_gates():
-    model = randomised(DiT(make_config("tiny", **WINDOWED, mamba=True)))  # as if pre-trained: adaLN gates open
-    opt = torch.optim.AdamW([p for n, p in model.named_parameters() if "mamba" in n or "gating" in n], lr=1e-2)
+    model = randomised(DiT(make_config("tiny", **WINDOWED, mamba=True)))  # as if pre-trained: adaLN open
+    new = [p for n, p in model.named_parameters() if "mamba" in n or "gating" in n]
+    opt = torch.optim.AdamW(new, lr=1e-2)
     x, t, ctx = inputs()
     target = torch.randn_like(x)
     for _ in range(3):

@@ -9,8 +9,12 @@ from diffusers.models.embeddings import get_3d_rotary_pos_embed, get_3d_sincos_p
 
 from longvid.io import InputError
 from longvid.models import embeddings as E
-from longvid.models.convert_diffusers import (config_from_diffusers, diffusers_config, diffusers_to_longvid,
-                                              longvid_to_diffusers)
+from longvid.models.convert_diffusers import (
+    config_from_diffusers,
+    diffusers_config,
+    diffusers_to_longvid,
+    longvid_to_diffusers,
+)
 from longvid.models.dit import DiT
 from longvid.models.registry import make_config
 
@@ -33,7 +37,8 @@ def inputs(cfg, batch: int = 2, seed: int = 1):
     x = torch.randn(batch, T, cfg.out_channels, H, W, generator=g)
     ctx = torch.randn(batch, cfg.text_length, cfg.text_dim, generator=g)
     t = torch.tensor([7, 901][:batch])
-    img = torch.randn(batch, T, cfg.in_channels - cfg.out_channels, H, W, generator=g) if cfg.in_channels > cfg.out_channels else None
+    extra = cfg.in_channels - cfg.out_channels  # I2V: image latent channels
+    img = torch.randn(batch, T, extra, H, W, generator=g) if extra else None
     return x, t, ctx, img
 
 
@@ -41,15 +46,16 @@ def reference_forward(ref, cfg, x, t, ctx, img):
     rot = None
     if cfg.pos_embed == "rope":  # what diffusers' pipeline computes for a grid at its base size
         gh, gw = cfg.latent_height // cfg.patch_size, cfg.latent_width // cfg.patch_size
-        rot = get_3d_rotary_pos_embed(cfg.head_dim, ((0, 0), (gh, gw)), (gh, gw), x.shape[1], theta=cfg.rope_theta)
+        rot = get_3d_rotary_pos_embed(cfg.head_dim, ((0, 0), (gh, gw)), (gh, gw), x.shape[1],
+                                      theta=cfg.rope_theta)
     xin = x if img is None else torch.cat([x, img], dim=2)
     return ref(xin, ctx, t, image_rotary_emb=rot, return_dict=False)[0]
 
 
 CASES = {
-    "sincos-2b-like": dict(pos_embed="sincos"),
-    "rope-5b-like": dict(pos_embed="rope"),
-    "rope-i2v-like": dict(pos_embed="rope", learnable_pos_embed=True, in_channels=32),
+    "sincos-2b-like": {"pos_embed": "sincos"},
+    "rope-5b-like": {"pos_embed": "rope"},
+    "rope-i2v-like": {"pos_embed": "rope", "learnable_pos_embed": True, "in_channels": 32},
 }
 
 
@@ -91,7 +97,8 @@ def test_state_dict_round_trip_and_config():
     assert back.keys() == sd.keys()
     for k in sd:
         assert torch.equal(back[k], sd[k]), k
-    mamba_knobs = dict(mamba_d_state=cfg.mamba_d_state, mamba_chunk_size=cfg.mamba_chunk_size)  # not in diffusers
+    # not in diffusers' config
+    mamba_knobs = {"mamba_d_state": cfg.mamba_d_state, "mamba_chunk_size": cfg.mamba_chunk_size}
     assert config_from_diffusers(dict(ref.config), norm_eps=cfg.norm_eps, **mamba_knobs) == cfg
 
 

@@ -55,10 +55,12 @@ def seed_strided(attn, h, T, P, A):
     head = L + P * n
     kept = h[:, head:].unflatten(1, (T - P, n))[:, ::step].flatten(1, 2)
     y = attn(torch.cat([h[:, :head], kept], 1), AttnPlan(L, P + A, n, rope=rope(P + A)))
-    return torch.cat([y[:, :head], y[:, head:].unflatten(1, (A, n)).repeat_interleave(step, 1).flatten(1, 2)], 1)
+    upsampled = y[:, head:].unflatten(1, (A, n)).repeat_interleave(step, 1).flatten(1, 2)
+    return torch.cat([y[:, :head], upsampled], 1)
 
 
-@pytest.mark.parametrize("T, P, A, k", [(13, 1, 4, 0), (13, 1, 4, 1), (13, 1, 4, 2), (9, 0, 3, 0), (13, 5, 4, 0)])
+@pytest.mark.parametrize("T, P, A, k", [(13, 1, 4, 0), (13, 1, 4, 1), (13, 1, 4, 2), (9, 0, 3, 0),
+                                        (13, 5, 4, 0)])
 def test_windowed_attention_matches_the_seed_loop(T, P, A, k):
     attn = random_attention()
     h = torch.randn(2, L + T * N_FRAME, D)
@@ -133,7 +135,8 @@ def test_sincos_table_modes():
     win = E.sincos_table(cfg, 13, 4, 4).view(13, 16, -1)
     base = E.sincos_3d(64, 5, 4, 4, 1.875)
     assert torch.allclose(win[5], base[1]) and torch.allclose(win[4], (base[4] + base[0]) / 2)
-    squeezed = E.sincos_table(cfg.replace(sincos_repeat="none", time_interpolation=3.0), 13, 4, 4).view(13, 16, -1)
+    squeezed_cfg = cfg.replace(sincos_repeat="none", time_interpolation=3.0)
+    squeezed = E.sincos_table(squeezed_cfg, 13, 4, 4).view(13, 16, -1)
     assert torch.allclose(squeezed[3], base[1], atol=1e-6)  # frame 3 / 3 lands on position 1
 
 
@@ -148,7 +151,8 @@ def test_i2v_learnable_embedding_is_tiled_over_windows():
     video = rows[0, 16:].view(13, 16, 64)
     base = model.patch_embed.pos_embedding[0, 16:].view(5, 16, 64)
     assert torch.allclose(video[8], (base[4] + base[0]) / 2) and torch.allclose(video[9], base[1])
-    out = model(torch.randn(1, 13, 16, 8, 8), torch.tensor([3]), torch.randn(1, 16, 32), torch.randn(1, 13, 16, 8, 8))
+    out = model(torch.randn(1, 13, 16, 8, 8), torch.tensor([3]), torch.randn(1, 16, 32),
+                torch.randn(1, 13, 16, 8, 8))
     out.square().mean().backward()
     assert model.patch_embed.pos_embedding.grad.abs().sum() > 0
 

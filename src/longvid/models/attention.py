@@ -57,7 +57,8 @@ def make_plan(mode: str, text_len: int, frames: int, frame_tokens: int, prefix: 
     num = (frames - prefix) // window
     spans = tuple((i * window * n, (prefix + (i + 1) * window) * n) for i in range(num))
     computed = num - repeat_steps
-    index = torch.stack([torch.cat([text, L + torch.arange(s, e, device=device)]) for s, e in spans[:computed]])
+    index = torch.stack([torch.cat([text, L + torch.arange(s, e, device=device)])
+                         for s, e in spans[:computed]])
     counts = torch.zeros(L + frames * n, 1, device=device)
     counts[:L] = computed
     for s, e in spans:
@@ -78,7 +79,7 @@ class Attention(nn.Module):
         self.to_out = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, plan: AttnPlan) -> torch.Tensor:
-        B, N, D = x.shape
+        B, N, _D = x.shape
         q, k, v = self.to_qkv(x).view(B, N, 3, self.heads, self.head_dim).unbind(2)
         q, k = self.norm_q(q), self.norm_k(k)
         if plan.mode == "full":

@@ -50,7 +50,7 @@ class DiTConfig:
     pos_embed: str = "sincos"  # "sincos" (2B, added to video tokens) | "rope" (5B, on q/k of video tokens)
     spatial_interpolation: float = 1.875  # sin-cos grid divisor (seed height/width_interpolation)
     time_interpolation: float = 1.0  # sin-cos temporal divisor; 37/13 squeezes 145 frames into 49's range
-    sincos_repeat: str = "none"  # "none" | "window" (table of P+A frames laid over each window) | "interleave"
+    sincos_repeat: str = "none"  # "none" | "window" (P+A-frame table laid over each window) | "interleave"
     sincos_base_frames: int = 13  # "interleave": first frame + each later frame of this table repeated
     rope_theta: float = 10000.0
     learnable_pos_embed: bool = False  # 5B-I2V; covers P+A frames when windowed (tiled), else all frames
@@ -102,11 +102,11 @@ class DiTConfig:
     def mamba_head_dim(self) -> int:
         return self.mamba_headdim or self.head_dim
 
-    def replace(self, **changes: Any) -> "DiTConfig":
+    def replace(self, **changes: Any) -> DiTConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], base: "DiTConfig | None" = None) -> "DiTConfig":
+    def from_dict(cls, d: dict[str, Any], base: DiTConfig | None = None) -> DiTConfig:
         """Overrides on top of `base` (defaults if None); unknown keys are an error, not ignored."""
         known = {f.name for f in fields(cls)}
         for k in d:
@@ -118,7 +118,7 @@ class DiTConfig:
         return dataclasses.asdict(self)
 
     # ---- validation -------------------------------------------------------------------------------
-    def validate(self) -> "DiTConfig":
+    def validate(self) -> DiTConfig:
         _check_types(self)
         _positive(self, "num_frames", "time_compressed_rate", "latent_height", "latent_width", "patch_size",
                   "in_channels", "out_channels", "hidden_size", "num_layers", "num_heads", "time_embed_dim",
@@ -141,10 +141,11 @@ class DiTConfig:
             raise InputError(f"{PREFIX}.num_heads={self.num_heads}: must divide "
                              f"{PREFIX}.hidden_size={self.hidden_size}")
         if self.pos_embed == "rope" and self.head_dim % 16:
-            raise InputError(f"{PREFIX}.pos_embed=rope: head dim {self.head_dim} (hidden_size/num_heads) must be "
-                             "a multiple of 16 to split into t/h/w rotary pairs")
+            raise InputError(f"{PREFIX}.pos_embed=rope: head dim {self.head_dim} (hidden_size/num_heads) "
+                             "must be a multiple of 16 to split into t/h/w rotary pairs")
         if self.pos_embed == "sincos" and self.hidden_size % 16:
-            raise InputError(f"{PREFIX}.hidden_size={self.hidden_size}: must be a multiple of 16 for 3D sin-cos")
+            raise InputError(f"{PREFIX}.hidden_size={self.hidden_size}: must be a multiple of 16 "
+                             "for 3D sin-cos")
         if self.sincos_repeat != "none" and self.pos_embed != "sincos":
             raise InputError(f"{PREFIX}.sincos_repeat={self.sincos_repeat}: needs {PREFIX}.pos_embed=sincos")
         check_frames(self, self.latent_frames)
@@ -181,10 +182,12 @@ def check_frames(cfg: DiTConfig, frames: int) -> None:
                              f"{src} gives {frames} latent frames")
     if cfg.repeat_attn_steps:
         if cfg.attention != "window":
-            raise InputError(f"{PREFIX}.repeat_attn_steps={cfg.repeat_attn_steps}: needs {PREFIX}.attention=window")
-        if not 0 < cfg.repeat_attn_steps < num_windows(cfg, frames):
+            raise InputError(f"{PREFIX}.repeat_attn_steps={cfg.repeat_attn_steps}: "
+                             f"needs {PREFIX}.attention=window")
+        W = num_windows(cfg, frames)
+        if not 0 < cfg.repeat_attn_steps < W:
             raise InputError(f"{PREFIX}.repeat_attn_steps={cfg.repeat_attn_steps}: must be in "
-                             f"[0, {num_windows(cfg, frames)}) for {num_windows(cfg, frames)} windows ({src})")
+                             f"[0, {W}) for {W} windows ({src})")
     if cfg.sincos_repeat == "interleave" and (frames - 1) % (cfg.sincos_base_frames - 1 or 1):
         raise InputError(f"{PREFIX}.sincos_base_frames={cfg.sincos_base_frames}: its frames minus one must "
                          f"divide {frames} - 1 latent frames ({src})")

@@ -1,24 +1,31 @@
 """diffusers CogVideoXTransformer3DModel <-> longvid DiT: configs and state dicts.
 
-Parameter-name mapping (i = block index; every other name is identical on both sides):
+Parameter names (i = block index). longvid <- diffusers: identical except
 
-| longvid                                   | diffusers                                        | SAT (`model.diffusion_model.` + ...)                  |
-|-------------------------------------------|--------------------------------------------------|-------------------------------------------------------|
-| patch_embed.proj / text_proj              | same                                             | mixins.patch_embed.proj / text_proj                   |
-| patch_embed.pos_embedding (I2V)           | same                                             | mixins.pos_embed.pos_embedding                        |
-| time_embedding.linear_1 / linear_2        | same                                             | time_embed.0 / time_embed.2                           |
-| transformer_blocks.i.norm1.norm / norm2.norm | same                                          | transformer.layers.i.input_layernorm / post_attention_layernorm |
-| transformer_blocks.i.norm1.linear (6D rows) | same                                           | mixins.adaln_layer.adaLN_modulations.i.1 chunks 0-2 + 6-8 (of 12) |
-| transformer_blocks.i.norm2.linear (6D rows) | same                                           | ... chunks 3-5 + 9-11                                 |
-| transformer_blocks.i.attn1.to_qkv (rows q|k|v) | attn1.to_q / to_k / to_v, concatenated      | transformer.layers.i.attention.query_key_value        |
-| transformer_blocks.i.attn1.norm_q / norm_k | same                                            | mixins.adaln_layer.query/key_layernorm_list.i         |
-| transformer_blocks.i.attn1.to_out         | attn1.to_out.0                                   | transformer.layers.i.attention.dense                  |
-| transformer_blocks.i.ff.fc_in / fc_out    | ff.net.0.proj / ff.net.2                         | transformer.layers.i.mlp.dense_h_to_4h / dense_4h_to_h |
-| norm_final                                | same                                             | transformer.final_layernorm                           |
-| norm_out.norm / norm_out.linear           | same                                             | mixins.final_layer.norm_final / adaLN_modulation.1    |
-| proj_out                                  | same                                             | mixins.final_layer.linear                             |
-| transformer_blocks.i.mamba_scan{1,2}.*    | (none)                                           | mixins.mamba_attn.mamba_scan{1,2}_list.i.*            |
-| transformer_blocks.i.scan{1,2}_gating.gating_alpha | (none)                                  | mixins.mamba_attn.scan{1,2}_gating_list.i.gating_alpha |
+  transformer_blocks.i.attn1.to_qkv (rows q | k | v)   <- attn1.to_q, attn1.to_k, attn1.to_v (concatenated)
+  transformer_blocks.i.attn1.to_out                    <- attn1.to_out.0
+  transformer_blocks.i.ff.fc_in, ff.fc_out             <- ff.net.0.proj, ff.net.2
+  transformer_blocks.i.{mamba_scan1,mamba_scan2,scan1_gating,scan2_gating}.*   (no diffusers equivalent)
+
+longvid <- SAT (keys prefixed `model.diffusion_model.`; L.i = transformer.layers.i, A = mixins.adaln_layer,
+M = mixins.mamba_attn), for the SAT importer:
+
+  patch_embed.proj, .text_proj              <- mixins.patch_embed.proj, .text_proj
+  patch_embed.pos_embedding (I2V)           <- mixins.pos_embed.pos_embedding
+  time_embedding.linear_1, .linear_2        <- time_embed.0, time_embed.2
+  transformer_blocks.i.norm1.norm, .norm2.norm <- L.i.input_layernorm, L.i.post_attention_layernorm
+  transformer_blocks.i.norm1.linear         <- A.adaLN_modulations.i.1, rows of chunks 0-2 and 6-8 (of 12)
+  transformer_blocks.i.norm2.linear         <- A.adaLN_modulations.i.1, rows of chunks 3-5 and 9-11
+  transformer_blocks.i.attn1.to_qkv         <- L.i.attention.query_key_value (same q|k|v row order)
+  transformer_blocks.i.attn1.norm_q, norm_k <- A.query_layernorm_list.i, A.key_layernorm_list.i
+  transformer_blocks.i.attn1.to_out         <- L.i.attention.dense
+  transformer_blocks.i.ff.fc_in, .fc_out    <- L.i.mlp.dense_h_to_4h, L.i.mlp.dense_4h_to_h
+  transformer_blocks.i.mamba_scan{1,2}.*    <- M.mamba_scan{1,2}_list.i.* (block.norm, block.mixer.*,
+                                               in_projection, out_projection)
+  transformer_blocks.i.scan{1,2}_gating.*   <- M.scan{1,2}_gating_list.i.gating_alpha
+  norm_final                                <- transformer.final_layernorm
+  norm_out.norm, norm_out.linear            <- mixins.final_layer.norm_final, .adaLN_modulation.1
+  proj_out                                  <- mixins.final_layer.linear
 
 SAT's single 12-chunk adaLN row order is [video shift, scale, gate (attn); video shift, scale, gate
 (mlp); text the same six]; diffusers' norm1.linear is [video shift, scale, gate; text shift, scale, gate].
@@ -55,7 +62,8 @@ def diffusers_to_longvid(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
         out[key] = value
     for (prefix, kind), parts in qkv.items():
         if set(parts) != {"q", "k", "v"}:
-            raise InputError(f"diffusers state dict: {prefix}.to_{{q,k,v}}.{kind} incomplete ({sorted(parts)})")
+            raise InputError(f"diffusers state dict: {prefix}.to_{{q,k,v}}.{kind} incomplete "
+                             f"({sorted(parts)})")
         out[f"{prefix}.to_qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
     return out
 
@@ -89,7 +97,8 @@ def config_from_diffusers(dc: dict[str, Any], **overrides: Any) -> DiTConfig:
     heads, head_dim = g("num_attention_heads", 30), g("attention_head_dim", 64)
     base = DiTConfig(
         num_frames=g("sample_frames", 49), time_compressed_rate=g("temporal_compression_ratio", 4),
-        latent_height=g("sample_height", 60), latent_width=g("sample_width", 90), patch_size=g("patch_size", 2),
+        latent_height=g("sample_height", 60), latent_width=g("sample_width", 90),
+        patch_size=g("patch_size", 2),
         in_channels=g("in_channels", 16), out_channels=g("out_channels", 16) or g("in_channels", 16),
         hidden_size=heads * head_dim, num_layers=g("num_layers", 30), num_heads=heads,
         time_embed_dim=g("time_embed_dim", 512), text_dim=g("text_embed_dim", 4096),
@@ -104,17 +113,19 @@ def config_from_diffusers(dc: dict[str, Any], **overrides: Any) -> DiTConfig:
 
 def diffusers_config(cfg: DiTConfig) -> dict[str, Any]:
     """Constructor kwargs for diffusers' CogVideoXTransformer3DModel matching a full-attention cfg."""
-    if cfg.mamba or cfg.attention != "full" or cfg.sincos_repeat != "none" or not cfg.qk_norm or cfg.mlp_ratio != 4:
+    if (cfg.mamba or cfg.attention != "full" or cfg.sincos_repeat != "none" or not cfg.qk_norm
+            or cfg.mlp_ratio != 4):
         raise InputError("diffusers CogVideoX has no Mamba, windowed/strided attention, repeated sin-cos, "
                          "disabled QK-norm or non-4x MLP; convert the base model only")
-    return dict(
-        num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim, in_channels=cfg.in_channels,
-        out_channels=cfg.out_channels, time_embed_dim=cfg.time_embed_dim, text_embed_dim=cfg.text_dim,
-        num_layers=cfg.num_layers, sample_width=cfg.latent_width, sample_height=cfg.latent_height,
-        sample_frames=cfg.num_frames, patch_size=cfg.patch_size,
-        temporal_compression_ratio=cfg.time_compressed_rate, max_text_seq_length=cfg.text_length,
-        norm_eps=cfg.norm_eps, spatial_interpolation_scale=cfg.spatial_interpolation,
-        temporal_interpolation_scale=cfg.time_interpolation,
-        use_rotary_positional_embeddings=cfg.pos_embed == "rope",
-        use_learned_positional_embeddings=cfg.learnable_pos_embed,
-    )
+    return {
+        "num_attention_heads": cfg.num_heads, "attention_head_dim": cfg.head_dim,
+        "in_channels": cfg.in_channels, "out_channels": cfg.out_channels,
+        "time_embed_dim": cfg.time_embed_dim, "text_embed_dim": cfg.text_dim,
+        "num_layers": cfg.num_layers, "sample_width": cfg.latent_width, "sample_height": cfg.latent_height,
+        "sample_frames": cfg.num_frames, "patch_size": cfg.patch_size,
+        "temporal_compression_ratio": cfg.time_compressed_rate, "max_text_seq_length": cfg.text_length,
+        "norm_eps": cfg.norm_eps, "spatial_interpolation_scale": cfg.spatial_interpolation,
+        "temporal_interpolation_scale": cfg.time_interpolation,
+        "use_rotary_positional_embeddings": cfg.pos_embed == "rope",
+        "use_learned_positional_embeddings": cfg.learnable_pos_embed,
+    }

@@ -225,10 +225,12 @@ class DiT(nn.Module):
             raise InputError(f"{PREFIX}.text_dim={cfg.text_dim}: context has shape {tuple(context.shape)}")
         if cfg.learnable_pos_embed:
             if context.shape[1] != cfg.text_length:
-                raise InputError(f"{PREFIX}.text_length={cfg.text_length}: context has {context.shape[1]} tokens")
+                raise InputError(f"{PREFIX}.text_length={cfg.text_length}: "
+                                 f"context has {context.shape[1]} tokens")
             if (H, W) != (cfg.latent_height, cfg.latent_width):
-                raise InputError(f"{PREFIX}.latent_height/latent_width={cfg.latent_height}x{cfg.latent_width}: "
-                                 f"the learnable position embedding does not fit a {H}x{W} latent")
+                raise InputError(f"{PREFIX}.latent_height/latent_width={cfg.latent_height}x"
+                                 f"{cfg.latent_width}: the learnable position embedding does not fit a "
+                                 f"{H}x{W} latent")
         check_frames(cfg, T)
 
     # ---- forward ----------------------------------------------------------------------------------

@@ -141,7 +141,8 @@ def rope_angles(head_dim: int, frames: int, gh: int, gw: int, theta: float) -> t
 
     dt, dh = head_dim // 4, head_dim // 8 * 3
     t, h, w = axis(frames, dt), axis(gh, dh), axis(gw, dh)
-    grid = torch.cat([t[:, None, None].expand(frames, gh, gw, dt), h[None, :, None].expand(frames, gh, gw, dh),
+    grid = torch.cat([t[:, None, None].expand(frames, gh, gw, dt),
+                      h[None, :, None].expand(frames, gh, gw, dh),
                       w[None, None, :].expand(frames, gh, gw, dh)], dim=-1)
     return grid.reshape(frames * gh * gw, head_dim)
 
