@@ -114,8 +114,31 @@ def shard_tables(table):
     return tables
 
 
-def experiment_params(wildcards):
-    return shlex.quote(json.dumps(experiment_cfg(wildcards.experiment), sort_keys=True))
+# What each model stage reads of the experiment. Passing only that as the rule's param makes a change
+# rerun exactly the stages that depend on it: a new sampling cfg reruns sample and what follows, not
+# encode or train.
+EXPERIMENT_SECTIONS = {
+    "encode": lambda e: {
+        "dataset": e["dataset"],
+        "data": e["data"],
+        "model": {k: e["model"][k] for k in ("vae", "text")},
+    },
+    "train": lambda e: {
+        k: v for k, v in e.items() if k not in ("sample", "evaluate", "description")
+    },
+    "sample": lambda e: {
+        k: v for k, v in e.items() if k not in ("evaluate", "description")
+    },
+    "evaluate": lambda e: {k: v for k, v in e.items() if k != "description"},
+}
+
+
+def experiment_params(stage):
+    def params(wildcards):
+        section = EXPERIMENT_SECTIONS[stage](experiment_cfg(wildcards.experiment))
+        return shlex.quote(json.dumps(section, sort_keys=True))
+
+    return params
 
 
 def experiment_dataset_dir(wildcards):

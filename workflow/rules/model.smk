@@ -14,7 +14,7 @@ rule encode:
     conda:
         "../../envs/train.yaml"
     params:
-        experiment=experiment_params,
+        experiment=experiment_params("encode"),
         dataset_dir=experiment_dataset_dir,
         launch=launcher,
     shell:
@@ -39,7 +39,7 @@ rule train:
     conda:
         "../../envs/train.yaml"
     params:
-        experiment=experiment_params,
+        experiment=experiment_params("train"),
         dataset_dir=experiment_dataset_dir,
         latents=latents_flag,
         launch=launcher,
@@ -61,7 +61,7 @@ rule sample:
     conda:
         "../../envs/train.yaml"
     params:
-        experiment=experiment_params,
+        experiment=experiment_params("sample"),
         launch=launcher,
     shell:
         # videos already made with the same settings are kept (skip-if-exists inside the stage)
