@@ -34,7 +34,7 @@ install_packages() {
   command -v slurmd >/dev/null || missing+=(slurmd)
   command -v sbatch >/dev/null || missing+=(slurm-client)
   ((${#missing[@]})) || return 0
-  command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get; install them with your package manager"
+  command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get; install them another way"
   echo "local-slurm: installing ${missing[*]} with apt-get"
   # Containers have no init system: keep the packages' postinst from trying to start the services.
   local policy=/usr/sbin/policy-rc.d added_policy=
@@ -64,7 +64,7 @@ AutoDetect=off
 Name=gpu File=$DIR/fakegpu/gpu[0-1]
 EOF
   cat >"$DIR/etc/slurm.conf" <<EOF
-# Written by local-slurm.sh: one node, no accounting, no cgroups (none of them needs systemd).
+# Written by local-slurm.sh: one node, no accounting daemon, no cgroup plugins (so no systemd needed).
 ClusterName=localslurm
 SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=root
@@ -106,7 +106,11 @@ link_configs() {
   for c in "${CONFS[@]}"; do
     dst=/etc/slurm/$c
     if [[ -e $dst || -L $dst ]] && [[ $(readlink "$dst" || true) != "$DIR/etc/$c" ]]; then
-      if ours "$dst" || [[ -e $dst.orig-local-slurm ]]; then rm -f "$dst"; else mv "$dst" "$dst.orig-local-slurm"; fi
+      if ours "$dst" || [[ -e $dst.orig-local-slurm ]]; then
+        rm -f "$dst"
+      else
+        mv "$dst" "$dst.orig-local-slurm"
+      fi
     fi
     ln -sfn "$DIR/etc/$c" "$dst"
   done
@@ -163,7 +167,8 @@ start() {
   # Another cluster on this machine would fight over the ports and /etc/slurm.
   local other
   other=$({ pgrep -x slurmctld; pgrep -x slurmd; } | head -n1 || true)
-  [[ -z $other ]] || die "a slurm daemon not started from $DIR is running (pid $other); stop it first"
+  [[ -z $other ]] || die "a slurm daemon not started from $DIR is running (pid $other, config" \
+    "$(readlink -f /etc/slurm/slurm.conf || true)); stop it first, e.g. with: $0 stop <its DIR>"
   # A fresh cluster every time: a drained or INVAL node would otherwise stay so across restarts.
   rm -rf "$DIR"/{state,spool,run}
   write_configs
@@ -184,8 +189,11 @@ start() {
     [[ -n $(running) ]] || break
     sleep 0.1
   done
-  echo "local-slurm: node $HOST not idle after $((i / 10)) s (state '${state:-none}'; $(sinfo -h -R 2>/dev/null))" >&2
-  tail -n 15 "$DIR"/log/*.log "$DIR"/log/*.out >&2 2>/dev/null || true
+  local reason
+  reason=$(sinfo -h -R -o ': %E' 2>/dev/null || true)
+  echo "local-slurm: node $HOST not idle after $((i / 10)) s (state '${state:-none}'$reason)" >&2
+  # The daemons log to DIR/log/*.log; *.out has what they printed before their log was open.
+  tail -n 8 "$DIR"/log/*.log "$DIR"/log/munged.out >&2 2>/dev/null || true
   stop
   exit 1
 }
@@ -204,8 +212,9 @@ terminate() {
   ((${#pids[@]})) || return 0
   kill -TERM "${pids[@]}" 2>/dev/null || true
   for i in $(seq 50); do
-    for pid in "${pids[@]}"; do alive "$pid" && break; done
-    alive "$pid" || return 0
+    local left=0
+    for pid in "${pids[@]}"; do alive "$pid" && left=1; done
+    ((left)) || return 0
     sleep 0.1
   done
   kill -KILL "${pids[@]}" 2>/dev/null || true
@@ -231,7 +240,11 @@ stop() {
 status() {
   local n
   for n in munged slurmctld slurmd; do
-    if alive "$(recorded_pid $n)"; then echo "$n: running (pid $(recorded_pid $n))"; else echo "$n: not running"; fi
+    if alive "$(recorded_pid $n)"; then
+      echo "$n: running (pid $(recorded_pid $n))"
+    else
+      echo "$n: not running"
+    fi
   done
   [[ $(running) == *"slurmctld slurmd"* ]] || return 3
   sinfo -N -o '%N %P %t %c %m %G'
