@@ -1,12 +1,15 @@
 """Broken files each become one clear error row; good files (whatever their names) go through."""
 
+import json
 import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from longvid.ingest import manifest, synthetic
 from longvid.ingest.ffmpeg import encode_frames, run as ffmpeg
+from conftest import snakemake
 from longvid.io import read_jsonl, write_jsonl
 
 TRICKY_NAME = "we ird 'name' \"q\" $(touch PWNED).mp4"
@@ -61,3 +64,21 @@ def test_each_broken_file_is_one_error_row_and_good_files_survive(tmp_path):
             assert [c["keep"] for c in clips] == [True], (name, clips)
             assert clips[0]["num_frames"] == 56  # 7 s at 8 fps
     assert not (tmp_path / "PWNED").exists() and not Path("PWNED").exists()
+
+
+@pytest.mark.slow
+def test_workflow_on_a_broken_folder_completes_with_the_good_files(repo_copy, tmp_path):
+    expected = make_folder(tmp_path / "in")
+    (repo_copy / "config/datasets/broken.yaml").write_text(
+        f"source: {{type: local, path: '{tmp_path / 'in'}'}}\n"
+        "split: {fps: 8, min_scene_seconds: 2}\nfilter: {min_frames: 49}\n"
+    )
+    for f in ("one_frame", "good"):  # captions, so the good clips reach the dataset
+        (tmp_path / "in" / f"{f}.txt").write_text("a caption")
+    (tmp_path / "in" / TRICKY_NAME).with_suffix(".txt").write_text("another caption")
+    snakemake(repo_copy, "data/datasets/broken/train.jsonl")
+    rows = [json.loads(line) for f in ("train", "val")
+            for line in (repo_copy / f"data/datasets/broken/{f}.jsonl").read_text().splitlines()]
+    assert sorted(Path(r["source_path"]).name for r in rows) == sorted(["good.mp4", TRICKY_NAME])
+    stats = json.loads((repo_copy / "data/datasets/broken/stats.json").read_text())
+    assert stats["clips"]["rejected"] == len([e for e in expected.values() if e])

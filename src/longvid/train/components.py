@@ -7,6 +7,7 @@ and the VAE's compression, channels from the VAE, text width/length from the tex
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,8 @@ from longvid.models.config import DiTConfig
 from longvid.models.registry import DIFFUSION_DEFAULTS, make_config
 from longvid.models.text import T5TextEncoder, TextEncoder, TinyTextEncoder
 from longvid.models.vae import CogVideoXVAE, SpaceToDepthVAE, VideoAutoencoder
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -64,11 +67,18 @@ def dit_config(exp: dict, enc: Encoders) -> DiTConfig:
 
 
 def build_dit(exp: dict, enc: Encoders, seed: int | None = None):
+    """The DiT, with `model.init` weights loaded over its init when the experiment names them."""
+    from longvid.models.checkpoint_io import import_weights, summary
     from longvid.models.dit import DiT
 
     if seed is not None:
         torch.manual_seed(seed)  # identical initial weights on every rank
-    return DiT(dit_config(exp, enc))
+    model = DiT(dit_config(exp, enc))
+    init = exp["model"].get("init")
+    if init:
+        result = import_weights(model, init["format"], init["path"])
+        log.info("model.init: %s weights from %s; %s", init["format"], init["path"], summary(result))
+    return model
 
 
 def build_schedule(exp: dict) -> NoiseSchedule:
