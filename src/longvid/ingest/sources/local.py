@@ -12,14 +12,15 @@ Config keys (the dataset's `source` section):
     workers: 4                   threads hashing files
 
 Rows keep the path as matched (a relative `path` stays relative to the working directory, the
-repository root in a workflow run), so ids survive moving the repository. Hidden files (`.x.mp4`,
-macOS `._x.mp4`) are skipped. Checksums are remembered (see `checksums`), so a rerun does not
-re-read unchanged files. A file that cannot be read becomes an error row; decoding problems are the
-probe stage's business.
+repository root in a workflow run), so ids survive moving the repository. Hidden files and folders
+(`.x.mp4`, macOS `._x.mp4`, `.cache/`) are skipped. Checksums are remembered (see `checksums`), so
+a rerun does not re-read unchanged files. A file that cannot be read becomes an error row; decoding
+problems are the probe stage's business.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -44,10 +45,10 @@ def find_videos(pattern: str, recursive: bool = True, extensions=VIDEO_EXTENSION
     exts = {("." + e.lower().lstrip(".")) for e in extensions}
     p = Path(pattern).expanduser()
     if any(c in pattern for c in "*?["):
-        matches = p.parent.glob(p.name) if "**" not in pattern else Path().glob(pattern)
-        matches = [Path(m) for m in __import__("glob").glob(str(p), recursive=True)]
+        matches = [Path(m) for m in glob.glob(str(p), recursive=True)]
     elif p.is_dir():
-        matches = p.rglob("*") if recursive else p.iterdir()
+        walk = p.rglob("*") if recursive else p.iterdir()
+        matches = [m for m in walk if not any(part.startswith(".") for part in m.relative_to(p).parts)]
     elif p.is_file():
         matches = [p]
     else:
@@ -71,13 +72,17 @@ def materialise(item: dict, out_dir: Path, cache: ChecksumCache, copy: bool) -> 
     caps, meta = item.get("captions"), item.get("meta")
     try:
         if not path.is_file():
-            return manifest.row(src, path, captions=caps, meta=meta, error=f"file not found: {path}")
+            return manifest.row(src, path, captions=caps, meta=meta, error=f"video not found: {path}")
         if copy:
             dest = out_dir / f"{manifest.video_id(src)}{path.suffix.lower()}"
-            # A same-size copy is the finished copy: it only ever appears through the atomic rename.
-            if not (dest.is_file() and dest.stat().st_size == path.stat().st_size):
+            # copy2 keeps the mtime, so a copy with the original's size and mtime is up to date
+            # (and complete: it only ever appears through the atomic rename)
+            st = path.stat()
+            current = dest.is_file() and (dest.stat().st_size, dest.stat().st_mtime_ns) == (
+                st.st_size, st.st_mtime_ns)
+            if not current:
                 with atomic_path(dest) as tmp:
-                    shutil.copyfile(path, tmp)
+                    shutil.copy2(path, tmp)
             path = dest
         return manifest.row(src, path, captions=caps, meta=meta, sha256=cache.sha256(path))
     except OSError as e:

@@ -1,161 +1,132 @@
-"""`urls` source: download videos over http(s), s3:// or gs:// — parallel, resumable, verified, atomic.
+"""`urls` source: download videos over http(s), s3://, gs:// (any fsspec protocol) — parallel,
+resumable, size/sha256-checked, atomic.
 
-Config: type: urls, list: a file with one URL per line, or CSV/JSONL with columns url[, sha256][,
-bytes][, caption]; or `urls: [...]` inline; workers: 8, retries: 4, timeout_s: 60.
+Config keys (the dataset's `source` section):
 
-Each file is downloaded to `<id>.<ext>.part` and renamed into place only once its size and sha256
-(when known) match, so a file that exists under its final name is complete. An interrupted download
-(dropped connection, killed job) resumes from the partial file with an HTTP Range request when the
-server supports it. A finished file is not downloaded again. Every failure becomes an error row (URL
-with its query string removed, so API keys never reach the manifest or the log) and the rest go on.
-s3/gs go through fsspec and need the `cloud` extra (s3fs, gcsfs).
+    type: urls
+    list: urls.csv           .txt: one URL per line (# comments); .csv/.tsv: header with `url` and
+                             optional `sha256`, `bytes`, `caption`; .jsonl/.json: objects with `url`
+                             and optional `sha256`, `bytes`, `caption` (str) or `captions` (list of
+                             str or {text, start, end}), `meta` (dict), `source` (the identity
+                             the id hashes; default: the redacted URL). Other columns go to `meta`.
+    urls: [...]              instead of `list`: the same entries inline (strings or objects)
+    workers: 8               parallel downloads
+    retries: 4               further attempts after a failed one (network errors, 5xx, 408, 429)
+    timeout_s: 60            socket timeout (connect, and between received bytes)
+    backoff_s: 1.0           wait before retry n is backoff_s * 2**n (capped at 60 s; Retry-After wins)
+    storage_options: {}      passed to fsspec for non-http URLs (e.g. {anon: true} for public S3)
+
+A video is downloaded to `.<id><ext>.part` beside its final name `<id><ext>` and renamed only once
+its size and sha256 (when the list gives them) match, so a file under its final name is complete and
+a rerun neither downloads nor re-hashes it. Interrupted downloads (dropped connection, killed job)
+resume from the partial file (see `download` for how). Failures become error rows; the others go on.
+URLs can carry secrets (API keys, pre-signed signatures, user:password@): the manifest `source`,
+errors and logs carry `redact(url)`, and the id is the hash of that, so it survives a re-signed URL.
+s3:// and gs:// need the `cloud` extra (s3fs, gcsfs); a missing backend is reported before any
+download starts.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import logging
-import time
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit, urlunsplit
+import re
+from pathlib import Path
 
 from longvid.ingest import manifest
+from longvid.ingest.sources.download import download_all, redact
 from longvid.io import InputError
 
-log = logging.getLogger(__name__)
-# urllib3 logs every request line, query string included, at DEBUG: with `longvid -v` that would put
-# API keys (Pixabay's is a query parameter) into job logs.
-logging.getLogger("urllib3").setLevel(logging.INFO)
-CHUNK = 1 << 20
+ENTRY_KEYS = ("url", "sha256", "bytes", "caption", "captions", "meta", "source")
 
 
-def redact(url: str) -> str:
-    """The URL without query string and credentials: safe to log and to store."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def scrub(message: str, url: str) -> str:
-    """One line, with the URL's query string (where API keys live) removed wherever it appears."""
-    query = urlsplit(url).query
-    message = message.replace(url, redact(url))
-    if query:
-        message = message.replace(query, "<redacted>")
-    return " ".join(message.split())
+def normalise(raw, where: str) -> dict:
+    """One list entry as {url, sha256, bytes, captions, meta, source}; InputError names `where`."""
+    raw = {"url": raw} if isinstance(raw, str) else raw
+    if not isinstance(raw, dict):
+        raise InputError(f"{where}: expected a URL or an object with `url`, got {type(raw).__name__}")
+    url = str(raw.get("url") or "").strip()
+    if not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", url):
+        raise InputError(f"{where}: not a URL: {redact(url)!r}")
+    sha = str(raw.get("sha256") or "").strip().lower() or None
+    if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise InputError(f"{where}: sha256 must be 64 hex digits, got {sha!r}")
+    size = raw.get("bytes")
+    if size in ("", None):
+        size = None
+    else:
+        try:
+            size = int(size)
+        except (TypeError, ValueError):
+            raise InputError(f"{where}: bytes must be an integer, got {size!r}") from None
+    caps = raw.get("captions") or ([raw["caption"]] if raw.get("caption") else [])
+    if not isinstance(caps, list):
+        raise InputError(f"{where}: captions must be a list")
+    if not all(isinstance(c, str) or (isinstance(c, dict) and "text" in c) for c in caps):
+        raise InputError(f"{where}: each caption must be a string or an object with `text`")
+    caps = [manifest.caption(c) if isinstance(c, str) else
+            manifest.caption(c["text"], c.get("start"), c.get("end")) for c in caps]
+    meta = dict(raw.get("meta") or {})
+    meta.update({k: v for k, v in raw.items() if k not in ENTRY_KEYS and v not in ("", None)})
+    return {"url": url, "sha256": sha, "bytes": size, "captions": caps, "meta": meta,
+            "source": raw.get("source") or redact(url)}
 
 
 def read_list(source: dict) -> list[dict]:
-    """Entries {url, sha256?, bytes?, caption?} from `urls:` or the `list:` file."""
+    """Normalised entries from `urls:` or the `list:` file, the first of each video kept."""
     if source.get("urls"):
-        return [{"url": u} if isinstance(u, str) else dict(u) for u in source["urls"]]
-    path = Path(source.get("list") or "")
-    if not path.is_file():
-        raise InputError(f"source.list: {path} is not a file (or give `urls: [...]`)")
-    text = path.read_text()
-    if path.suffix == ".jsonl":
-        entries = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    entries.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-    elif path.suffix in (".csv", ".tsv"):
-        entries = list(csv.DictReader(text.splitlines(), delimiter="\t" if path.suffix == ".tsv" else ","))
+        if not isinstance(source["urls"], list):
+            raise InputError("source.urls: expected a list of URLs")
+        entries = [normalise(u, f"source.urls[{i}]") for i, u in enumerate(source["urls"])]
     else:
-        entries = [{"url": line.strip()} for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    for i, e in enumerate(entries, 1):
-        if not e.get("url"):
-            raise InputError(f"{path}: entry {i} has no `url`")
-    return entries
+        if not source.get("list"):
+            raise InputError("source.list: required for a urls source (or give `urls: [...]`)")
+        path = Path(source["list"])
+        if not path.is_file():
+            raise InputError(f"source.list: no such file: {path}")
+        entries = [normalise(raw, where) for raw, where in _list_file(path)]
+    unique: dict[str, dict] = {}  # by source: URLs that differ only in a signature are one video
+    for e in entries:
+        unique.setdefault(e["source"], e)
+    return list(unique.values())
 
 
-def target_path(out_dir: Path, url: str) -> Path:
-    ext = PurePosixPath(urlsplit(url).path).suffix.lower() or ".mp4"
-    return Path(out_dir) / f"{manifest.video_id(redact(url))}{ext}"
+def _list_file(path: Path):
+    suffix = path.suffix.lower()
+    with open(path, newline="") as f:
+        if suffix in (".csv", ".tsv"):
+            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+            if "url" not in (reader.fieldnames or []):
+                raise InputError(f"{path}: the header has no `url` column ({reader.fieldnames})")
+            for row in reader:
+                yield row, f"{path}:{reader.line_num}"
+        elif suffix == ".json":
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}: not valid JSON ({e.msg})") from None
+            if not isinstance(data, list):
+                raise InputError(f"{path}: expected a JSON list of entries")
+            yield from ((raw, f"{path}[{i}]") for i, raw in enumerate(data))
+        elif suffix == ".jsonl":
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        yield json.loads(line), f"{path}:{lineno}"
+                    except json.JSONDecodeError as e:
+                        raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        else:
+            for lineno, line in enumerate(f, 1):
+                if line.strip() and not line.lstrip().startswith("#"):
+                    yield line.strip(), f"{path}:{lineno}"
 
 
-def _http_download(url: str, part: Path, timeout: float) -> None:
-    import requests
-
-    have = part.stat().st_size if part.exists() else 0
-    # identity: byte offsets of a Range resume must be offsets in the file, not in a gzip stream
-    headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={have}-"} if have else {})}
-    with requests.get(url, headers=headers, stream=True, timeout=timeout) as r:
-        if r.status_code == 416:  # the partial file is already complete
-            return
-        r.raise_for_status()
-        mode = "ab" if have and r.status_code == 206 else "wb"  # 200: server ignored Range, restart
-        with open(part, mode) as f:
-            # read1 hands over whatever has arrived, so bytes received before a dropped connection
-            # reach the partial file and the retry resumes after them
-            while block := r.raw.read1(CHUNK):
-                f.write(block)
-        expected = r.headers.get("Content-Length")
-        if expected is not None and part.stat().st_size < int(expected) + (have if mode == "ab" else 0):
-            raise IOError("connection closed before the end of the file")
-
-
-def _fsspec_download(url: str, part: Path) -> None:
-    import fsspec
-
-    try:
-        with fsspec.open(url, "rb") as src, open(part, "wb") as dst:
-            while block := src.read(CHUNK):
-                dst.write(block)
-    except ImportError as e:
-        raise RuntimeError(f"{urlsplit(url).scheme}:// needs the `cloud` extra ({e})") from None
-
-
-def download(entry: dict, out_dir: Path, retries: int, timeout: float) -> dict:
-    url = entry["url"]
-    safe = redact(url)
-    path = target_path(out_dir, url)
-    sha, size = entry.get("sha256") or None, int(entry["bytes"]) if entry.get("bytes") else None
-    caps = [manifest.caption(entry["caption"])] if entry.get("caption") else []
-    meta = {k: v for k, v in entry.items() if k not in ("url", "sha256", "bytes", "caption")}
-    if path.exists():  # only verified files are ever renamed to their final name
-        return manifest.row(safe, path, captions=caps, meta=meta)
-    part = path.with_name(path.name + ".part")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    error = ""
-    for attempt in range(retries + 1):
-        try:
-            if urlsplit(url).scheme in ("http", "https"):
-                _http_download(url, part, timeout)
-            else:
-                _fsspec_download(url, part)
-            got = part.stat().st_size
-            if size is not None and got != size:
-                raise ValueError(f"size mismatch: expected {size} bytes, got {got}")
-            digest = manifest.sha256_file(part)
-            if sha and digest != sha.lower():
-                part.unlink()  # corrupt content: resuming from it would never succeed
-                raise ValueError(f"sha256 mismatch: expected {sha[:12]}..., got {digest[:12]}...")
-            part.replace(path)
-            return manifest.row(safe, path, captions=caps, meta=meta, sha256=digest)
-        except Exception as e:  # noqa: BLE001 - any failure is retried, then becomes an error row
-            error = scrub(f"{type(e).__name__}: {e}", url)
-            if attempt < retries:
-                time.sleep(min(2**attempt * 0.2, 5))
-    return manifest.row(safe, path, captions=caps, meta=meta, error=f"download failed: {error}")
-
-
-def download_all(entries: list[dict], out_dir: Path, workers: int = 8, retries: int = 4,
-                 timeout: float = 60) -> list[dict]:
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        rows = list(pool.map(lambda e: download(e, out_dir, retries, timeout), entries))
-    for r in rows:
-        if r["error"]:
-            log.warning("%s: %s", r["source"], r["error"])
-    return rows
+def download_options(source: dict) -> dict:
+    """The download keys of a source section (shared by `pixabay` and `annotations`)."""
+    return {"workers": source.get("workers", 8), "retries": source.get("retries", 4),
+            "timeout": source.get("timeout_s", 60), "backoff": source.get("backoff_s", 1.0),
+            "storage_options": source.get("storage_options")}
 
 
 def fetch(source: dict, out_dir: Path) -> list[dict]:
-    return download_all(read_list(source), Path(out_dir), int(source.get("workers", 8)),
-                        int(source.get("retries", 4)), float(source.get("timeout_s", 60)))
+    return download_all(read_list(source), Path(out_dir), **download_options(source))
