@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,30 @@ def snakemake(cwd: Path, *args: str, check: bool = True, timeout: int = 600) -> 
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def browser_dom(html: Path, profile_dir: Path, budget_ms: int = 5000) -> str:
+    """The DOM of `html` after Debian's chromium (headless, offline) has loaded it and run its scripts."""
+    exe = shutil.which("chromium")
+    assert exe, "chromium is missing: `make setup` (workflow/scripts/setup.sh) installs it"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile_dir}", f"--virtual-time-budget={budget_ms}", "--dump-dom"]
+    proc = subprocess.run([exe, *flags, html.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "<html" in proc.stdout, f"chromium failed:\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+class MediaTags(HTMLParser):
+    """Attributes of every <video> and <img> in a document (`feed` it the DOM)."""
+
+    def __init__(self):
+        super().__init__()
+        self.videos: list[dict] = []
+        self.images: list[dict] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "video":
+            self.videos.append(dict(attrs))
+        elif tag == "img":
+            self.images.append(dict(attrs))

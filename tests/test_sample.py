@@ -279,7 +279,7 @@ def test_i2v_image_conditions_the_video(tmp_path):
     assert items[0][2]["condition"]["sha256"] != items[1][2]["condition"]["sha256"]
     sampler = VideoSampler(exp, model_dir, torch.device("cpu"))
     z_red, z_noise, z_clip = (sampler.condition_latent(p.condition, p.where) for p, _, _ in items)
-    assert z_red.shape == (1, 5, 768, 8, 8) and not z_red[:, 1:].any()
+    assert z_red.shape == (1, 5, sampler.enc.vae.latent_channels, 8, 8) and not z_red[:, 1:].any()
     assert (z_red - z_clip).abs().mean() < 0.05 < (z_red - z_noise).abs().mean()
     red_video, noise_video = (sampler.generate(p, 11)[0] for p, _, _ in items[:2])
     assert torch.equal(red_video, sampler.generate(items[0][0], 11)[0])

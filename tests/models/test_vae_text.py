@@ -11,7 +11,7 @@ from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
 
 from longvid.io import InputError
 from longvid.models.text import T5TextEncoder, TinyTextEncoder
-from longvid.models.vae import CogVideoXVAE, SpaceToDepthVAE
+from longvid.models.vae import CogVideoXVAE, PoolVAE, SpaceToDepthVAE
 
 
 def video(frames: int, h: int = 32, w: int = 48, seed: int = 0) -> torch.Tensor:
@@ -60,6 +60,30 @@ def test_space_to_depth_scale_factor_and_decode_averages_first_frame_copies():
 def test_space_to_depth_rejects_bad_geometry(frames, h, w, msg):
     with pytest.raises(InputError, match=msg):
         SpaceToDepthVAE().encode(torch.zeros(1, 3, frames, h, w))
+
+
+# ---- mean pool ---------------------------------------------------------------------------------------
+
+def test_pool_means_blocks_causally():
+    vae = PoolVAE()
+    x = video(9)
+    z = vae.encode(x)
+    assert z.shape == (2, 3, 3, 4, 6) == vae.latent_shape(tuple(x.shape))
+    torch.testing.assert_close(z[:, :, 0, 1, 2], x[:, :, 0, 8:16, 16:24].mean(dim=(2, 3)))
+    torch.testing.assert_close(z[:, :, 2, 1, 2], x[:, :, 5:9, 8:16, 16:24].mean(dim=(2, 3, 4)))
+
+
+def test_pool_round_trips_what_it_can_represent():
+    vae = PoolVAE()
+    flat = torch.full((1, 3, 17, 32, 32), 0.3)
+    torch.testing.assert_close(vae.decode(vae.encode(flat)), flat)
+    # brightness rising linearly over time: linear interpolation in time gets it back, bar the ends
+    ramp = torch.linspace(-0.8, 0.8, 17).view(1, 1, 17, 1, 1).expand(1, 3, 17, 16, 16)
+    back = vae.decode(vae.encode(ramp))
+    assert back.shape == ramp.shape
+    torch.testing.assert_close(back[:, :, 3:14], ramp[:, :, 3:14], atol=1e-5, rtol=0)
+    with pytest.raises(InputError, match="PoolVAE makes 3"):
+        vae.decode(torch.zeros(1, 4, 2, 2, 2))
 
 
 # ---- CogVideoX VAE ----------------------------------------------------------------------------------

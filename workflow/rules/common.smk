@@ -130,6 +130,7 @@ EXPERIMENT_SECTIONS = {
         k: v for k, v in e.items() if k not in ("evaluate", "description")
     },
     "evaluate": lambda e: {k: v for k, v in e.items() if k != "description"},
+    "report": lambda e: e,
 }
 
 
@@ -172,5 +173,5 @@ def launcher(wildcards, resources):
 
 def default_targets():
     datasets = [f for name in RESOLVED["datasets"] for f in dataset_outputs(name)]
-    samples = [f"results/samples/{name}/index.json" for name in RESOLVED["experiments"]]
-    return datasets + samples
+    reports = [f"results/report/{name}.html" for name in RESOLVED["experiments"]]
+    return datasets + reports

@@ -1,4 +1,4 @@
-# The model half, per experiment: encode -> train (-> sample -> evaluate -> report).
+# The model half, per experiment: encode -> train -> sample -> evaluate -> report.
 # GPU rules; on Slurm, profiles/slurm gives them GPUs, tasks (one per GPU) and `mpi: srun`.
 
 
@@ -67,3 +67,47 @@ rule sample:
         # videos already made with the same settings are kept (skip-if-exists inside the stage)
         "{params.launch} longvid sample --experiment {params.experiment} --model results/train/{wildcards.experiment}/final"
         " --out-dir results/samples/{wildcards.experiment} --prompts {input.prompts} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        model="results/train/{experiment}/final/model.safetensors",
+        samples="results/samples/{experiment}/index.json",
+        dataset=experiment_dataset,
+    output:
+        metrics="results/eval/{experiment}/metrics.json",
+    log:
+        "results/logs/{experiment}/evaluate.log",
+    benchmark:
+        "results/benchmarks/{experiment}/evaluate.tsv"
+    conda:
+        "../../envs/train.yaml"
+    params:
+        experiment=experiment_params("evaluate"),
+        dataset_dir=experiment_dataset_dir,
+    shell:
+        "longvid evaluate --experiment {params.experiment} --name {wildcards.experiment}"
+        " --model results/train/{wildcards.experiment}/final --samples results/samples/{wildcards.experiment}"
+        " --dataset-dir {params.dataset_dir} --out {output.metrics} > {log} 2>&1"
+
+
+rule report:
+    # Reads the training curve from the run directory too (metrics.jsonl; not an output of train).
+    input:
+        samples="results/samples/{experiment}/index.json",
+        metrics="results/eval/{experiment}/metrics.json",
+        dataset=experiment_dataset,
+    output:
+        html="results/report/{experiment}.html",
+    log:
+        "results/logs/{experiment}/report.log",
+    conda:
+        "../../envs/train.yaml"
+    params:
+        experiment=experiment_params("report"),
+        dataset_dir=experiment_dataset_dir,
+    shell:
+        "longvid report --experiment {params.experiment} --name {wildcards.experiment}"
+        " --dataset-dir {params.dataset_dir} --run-dir results/train/{wildcards.experiment}"
+        " --samples results/samples/{wildcards.experiment} --metrics {input.metrics} --out {output.html}"
+        " > {log} 2>&1"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-time setup: system tools (ffmpeg, graphviz) and the pinned virtual environment in .venv.
+# One-time setup: system tools (ffmpeg, graphviz, chromium) and the pinned virtual environment in .venv.
 # Idempotent: a finished step is skipped, so `make demo` / `make test` can call it every time.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -7,6 +7,8 @@ cd "$(dirname "$0")/../.."
 need_apt=()
 command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || need_apt+=(ffmpeg)
 command -v dot >/dev/null || need_apt+=(graphviz)
+# Headless browser: the report tests check that its pages' videos and plots really decode.
+command -v chromium >/dev/null || need_apt+=(chromium)
 if ((${#need_apt[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
     echo "setup: installing ${need_apt[*]} with apt-get"

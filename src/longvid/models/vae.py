@@ -15,6 +15,11 @@ becomes one latent frame, so F' = (F - 1) / 4 + 1 (49 -> 13, 145 -> 37), and spa
   never mixed. The first frame is repeated 4 times to fill latent frame 0 (decoding averages the
   copies); so every 4N+1-frame video (all 8N+1 clips included) round-trips bit for bit. The price is
   width: 3 * 4 * 8 * 8 = 768 latent channels.
+* `PoolVAE`: for the tiny demo. Lossy and weightless: a latent pixel is the mean of its 4 frames x
+  8 x 8 pixels (the first frame alone), decoding interpolates back (linear in time, bilinear in
+  space). 3 latent channels, 12 values per 2x2 patch: a DiT 64 wide can see, and so remove, all of a
+  token's noise. Through the 768-channel space-to-depth latents it only sees a 64-dimensional slice,
+  and the noise outside that slice survives sampling: the tiny model's samples stayed pure noise.
 """
 
 from __future__ import annotations
@@ -87,6 +92,44 @@ class SpaceToDepthVAE(VideoAutoencoder):
         # Averaged in float64, where t equal values sum and divide exactly, so encoded videos round-trip.
         first = x[:, :, :t].double().mean(dim=2, keepdim=True).to(x.dtype)
         return torch.cat([first, x[:, :, t:]], dim=2)
+
+
+class PoolVAE(VideoAutoencoder):
+    def __init__(self, channels: int = 3, temporal: int = 4, spatial: int = 8):
+        super().__init__()
+        self.channels, self.temporal_compression, self.spatial_compression = channels, temporal, spatial
+        self.latent_channels = channels
+
+    @property
+    def encoder_id(self) -> str:
+        return f"pool:c{self.channels}:t{self.temporal_compression}:s{self.spatial_compression}"
+
+    def encode(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        B, C, F, H, W = video.shape
+        self._check_video(F, H, W)
+        t, s = self.temporal_compression, self.spatial_compression
+        first = nn.functional.avg_pool3d(video[:, :, :1], (1, s, s))
+        rest = nn.functional.avg_pool3d(video[:, :, 1:], (t, s, s)) if F > 1 else first[:, :, :0]
+        return torch.cat([first, rest], dim=2)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        B, C, n, h, w = latents.shape
+        if C != self.latent_channels:
+            raise InputError(f"latents: {C} channels; PoolVAE makes {self.latent_channels}")
+        t, s = self.temporal_compression, self.spatial_compression
+        # Frame f >= 1 belongs to latent (f + t - 1) // t, whose frames are centred at (k - 1) * t + (t + 1) / 2;
+        # read each frame at its position on that latent time axis.
+        frames = torch.arange(1 + (n - 1) * t, dtype=torch.float64)
+        pos = ((frames - (t + 1) / 2) / t + 1).clamp(0, n - 1)
+        pos[0] = 0
+        lo = pos.floor().long()
+        hi = (lo + 1).clamp(max=n - 1)
+        frac = (pos - lo).to(latents.dtype).view(1, 1, -1, 1, 1)
+        video = latents[:, :, lo] * (1 - frac) + latents[:, :, hi] * frac
+        F = video.shape[2]
+        video = video.permute(0, 2, 1, 3, 4).reshape(B * F, C, h, w)
+        video = nn.functional.interpolate(video, scale_factor=s, mode="bilinear", align_corners=False)
+        return video.reshape(B, F, C, h * s, w * s).permute(0, 2, 1, 3, 4)
 
 
 def _diffusers_dir(path: Path, subfolder: str) -> Path:

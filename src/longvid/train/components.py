@@ -17,7 +17,7 @@ from longvid.io import InputError
 from longvid.models.config import DiTConfig
 from longvid.models.registry import DIFFUSION_DEFAULTS, make_config
 from longvid.models.text import T5TextEncoder, TextEncoder, TinyTextEncoder
-from longvid.models.vae import CogVideoXVAE, SpaceToDepthVAE, VideoAutoencoder
+from longvid.models.vae import CogVideoXVAE, PoolVAE, SpaceToDepthVAE, VideoAutoencoder
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ def build_encoders(exp: dict) -> Encoders:
     v, t = m["vae"], m["text"]
     if v["type"] == "space_to_depth":
         vae = SpaceToDepthVAE()
+    elif v["type"] == "pool":
+        vae = PoolVAE()
     else:
         if not v["path"]:
             raise InputError("model.vae.path: required for vae.type=cogvideox")

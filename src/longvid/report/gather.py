@@ -1,0 +1,136 @@
+"""Read everything a report shows, tolerating the optional parts being absent.
+
+Only the samples index is required (a report without videos has nothing to report). Every other
+input may be missing — an experiment not evaluated yet, a dataset built before plots existed — and
+comes back as None or empty, so the page shows a note instead of the stage failing. A file that
+exists but is not valid JSON is still an InputError: that is a broken pipeline, not a missing step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from longvid.io import InputError
+
+log = logging.getLogger(__name__)
+
+# Keys of the run's config.json or its checkpoint meta that say which code and data made the model.
+PROVENANCE_KEYS = ("git_commit", "code_version", "dataset_version", "config_hash")
+
+
+@dataclass
+class ReportInputs:
+    name: str
+    experiment: dict
+    samples_dir: Path
+    samples: list[dict]                      # sidecars from the samples index, in index order
+    dataset_stats: dict | None = None
+    dataset_plots: list[tuple[str, bytes]] = field(default_factory=list)  # (file stem, PNG bytes)
+    training: list[dict] = field(default_factory=list)  # metrics.jsonl rows, one per step, by step
+    run_config: dict | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict | None = None
+    # Where each optional input was looked for, so the page's "not available" notes can name it.
+    dataset_dir: Path | None = None
+    run_dir: Path | None = None
+    metrics_path: Path | None = None
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON object from `path`; None when it is absent."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        log.info("%s: not found; the report notes it as not available", path)
+        return None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def read_samples(samples_dir: Path) -> list[dict]:
+    path = samples_dir / "index.json"
+    if not path.is_file():
+        raise InputError(f"{path}: samples index is missing (run `longvid sample` first)")
+    index = read_json(path)
+    samples = index.get("samples")
+    if not isinstance(samples, list) or not all(isinstance(s, dict) and "video" in s for s in samples):
+        raise InputError(f"{path}: 'samples' must be a list of sidecars, each naming its 'video'")
+    return samples
+
+
+def read_training_log(path: Path) -> list[dict]:
+    """One row per step (the last one written), ordered by step.
+
+    A resumed run re-trains the steps after its checkpoint and logs them again; the later line is
+    the one the model's history actually went through. A line torn by a killed job is skipped
+    rather than failing the report: the curve is still worth drawing.
+    """
+    if not path.exists():
+        return []
+    by_step: dict[int, dict] = {}
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                log.warning("%s:%d: not valid JSON; skipped", path, lineno)
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), (int, float)):
+                by_step[int(row["step"])] = row
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def read_provenance(run_dir: Path, run_config: dict | None) -> dict[str, Any]:
+    """Code and data versions: from config.json if it records them, else the latest checkpoint's meta.
+
+    Keys neither source has are left out, except the ones every checkpoint records, which are kept
+    as None: "dataset version: —" says the dataset was not versioned, which is worth seeing.
+    """
+    meta: dict = {}
+    pointer = run_dir / "checkpoints" / "latest"
+    if pointer.is_file():
+        meta = read_json(run_dir / "checkpoints" / pointer.read_text().strip() / "meta.json") or {}
+    found = {}
+    for key in PROVENANCE_KEYS:
+        value = (run_config or {}).get(key)
+        value = meta.get(key) if value is None else value
+        if value is not None or key in meta:
+            found[key] = value
+    return found
+
+
+def read_dataset_plots(dataset_dir: Path) -> list[tuple[str, bytes]]:
+    return [(p.stem, p.read_bytes()) for p in sorted((dataset_dir / "stats").glob("*.png"))]
+
+
+def finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def gather(name: str, experiment: dict, samples_dir: Path, dataset_dir: Path | None = None,
+           run_dir: Path | None = None, metrics: Path | None = None) -> ReportInputs:
+    inputs = ReportInputs(name=name, experiment=experiment, samples_dir=samples_dir,
+                          samples=read_samples(samples_dir), dataset_dir=dataset_dir, run_dir=run_dir,
+                          metrics_path=metrics)
+    if dataset_dir is not None:
+        inputs.dataset_stats = read_json(dataset_dir / "stats.json")
+        inputs.dataset_plots = read_dataset_plots(dataset_dir)
+    if run_dir is not None:
+        inputs.training = read_training_log(run_dir / "metrics.jsonl")
+        inputs.run_config = read_json(run_dir / "config.json")
+        inputs.provenance = read_provenance(run_dir, inputs.run_config)
+    if metrics is not None:
+        inputs.evaluation = read_json(metrics)
+    return inputs

@@ -1,0 +1,137 @@
+"""Write one self-contained HTML page per experiment: dataset, training curves, metrics, sample videos.
+
+The page references nothing outside itself (no CDN, fonts or remote scripts): plots are PNG data URIs
+and videos are base64 `data:video/mp4` URIs, so the one file can be archived, mailed or attached to an
+issue and still open years later. It weighs 4/3 of the sample videos (base64) plus the plots.
+
+Inputs: the samples index (`--samples DIR` holding index.json and the videos; required) and, each
+optional — the page shows a "not available" note when one is missing — the dataset's stats.json and
+stats/*.png, the run's metrics.jsonl and config.json (plus its latest checkpoint's code and dataset
+versions) and the evaluate stage's metrics.json. All text from inputs (prompts above all) is escaped.
+
+A small inline script marks each video `data-loaded="1"` (and `data-video-width`) once the browser
+has decoded its first frame, shows a note under a video it cannot decode, and marks each decoded
+image `data-ok="1"`; the tests read these marks back from a headless Chromium.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+from html import escape as esc
+from pathlib import Path
+
+from longvid.io import InputError, write_text
+from longvid.report.gather import ReportInputs, gather
+from longvid.report.sections import dataset_section, fmt, metrics_section, samples_section, training_section
+
+log = logging.getLogger(__name__)
+
+STYLE = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1d2330;
+       background: #f5f6f8; }
+header { background: #1d2b45; color: #fff; padding: 1.2em 2em; }
+header h1 { margin: 0 0 .2em; font-size: 1.6em; }
+header p { margin: .2em 0; opacity: .9; }
+main { padding: 0 2em 3em; max-width: 1200px; }
+section { background: #fff; border-radius: 8px; padding: .6em 1.4em 1.2em; margin-top: 1.4em;
+          box-shadow: 0 1px 3px rgba(0,0,0,.08); }
+h2 { font-size: 1.25em; border-bottom: 1px solid #e3e6ea; padding-bottom: .3em; }
+h3 { font-size: 1.05em; }
+table { border-collapse: collapse; margin: .6em 0; }
+th, td { padding: .25em .8em; border-bottom: 1px solid #eceef1; text-align: left; vertical-align: top; }
+table.numbers td:not(:first-child) { text-align: right; font-variant-numeric: tabular-nums; }
+#metrics table.numbers td:last-child { text-align: left; }
+table.kv th { font-weight: 500; color: #556; }
+.note { color: #8a5a00; background: #fff6e0; padding: .4em .8em; border-radius: 4px; }
+.plots { display: flex; flex-wrap: wrap; gap: .8em; }
+img.plot { max-width: 100%; border: 1px solid #e3e6ea; border-radius: 4px; }
+.plots img.plot { max-width: 48%; }
+.samples { display: grid; grid-template-columns: repeat(auto-fill, minmax(290px, 1fr)); gap: 1.2em; }
+figure.sample { margin: 0; border: 1px solid #e3e6ea; border-radius: 6px; padding: .8em; }
+figure.sample video { width: 100%; aspect-ratio: 1; object-fit: contain; background: #000;
+                      image-rendering: pixelated; border-radius: 4px; }
+.prompt { font-weight: 600; margin: .5em 0 .2em; }
+.meta { color: #667; font-size: .88em; margin: 0; }
+.ok, .status-ok { color: #18794e; font-weight: 600; }
+.bad, .status-failed, .status-error { color: #c0362c; font-weight: 600; }
+.status-skipped { color: #8a5a00; }
+code { font-size: .9em; }
+"""
+
+# Marks what the browser really decoded (read back by the headless-Chromium test) and tells a reader
+# whose browser cannot play a video why it stays black. Listeners are attached after parsing, so
+# media already decoded by then is caught through readyState / complete.
+SCRIPT = """
+for (const v of document.querySelectorAll("video")) {
+  const loaded = () => { v.dataset.loaded = "1"; v.dataset.videoWidth = v.videoWidth; };
+  const failed = () => {
+    v.dataset.error = v.error ? String(v.error.code) : "?";
+    const p = document.createElement("p");
+    p.className = "note";
+    p.textContent = "This browser cannot decode this video (H.264 in MP4).";
+    v.after(p);
+  };
+  if (v.readyState >= 2) loaded(); else v.addEventListener("loadeddata", loaded);
+  if (v.error) failed(); else v.addEventListener("error", failed);
+}
+for (const img of document.querySelectorAll("img")) {
+  const ok = () => { if (img.naturalWidth > 0) img.dataset.ok = "1"; };
+  if (img.complete) ok(); else img.addEventListener("load", ok);
+}
+"""
+
+
+def header(inputs: ReportInputs, generated: datetime.datetime) -> str:
+    checkpoint = next((s["checkpoint"] for s in inputs.samples if isinstance(s.get("checkpoint"), dict)),
+                      (inputs.evaluation or {}).get("checkpoint") or {})
+    sha = str(checkpoint.get("sha256") or "")
+    facts = [f"checkpoint step {fmt(checkpoint.get('step'))}" + (f" (weights {sha[:12]})" if sha else ""),
+             f"dataset {fmt(inputs.experiment.get('dataset'))}",
+             f"{len(inputs.samples)} samples",
+             f"generated {generated.strftime('%Y-%m-%d %H:%M:%S %Z')}"]
+    description = str(inputs.experiment.get("description") or "").strip()
+    return (f"<header><h1>Experiment {esc(inputs.name)}</h1>"
+            + (f"<p>{esc(description)}</p>" if description else "")
+            + f"<p>{esc(' · '.join(facts))}</p></header>")
+
+
+def render_page(inputs: ReportInputs, generated: datetime.datetime | None = None) -> str:
+    generated = generated or datetime.datetime.now(datetime.timezone.utc)
+    sections = [("dataset", "Dataset", dataset_section(inputs)),
+                ("training", "Training", training_section(inputs)),
+                ("metrics", "Metrics", metrics_section(inputs)),
+                ("samples", "Samples", samples_section(inputs))]
+    body = "".join(f'<section id="{sid}"><h2>{title}</h2>{content}</section>'
+                   for sid, title, content in sections)
+    return ("<!DOCTYPE html>\n"
+            f'<html lang="en"><head><meta charset="utf-8"><title>longvid report: {esc(inputs.name)}</title>'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<style>{STYLE}</style></head><body>{header(inputs, generated)}<main>{body}</main>"
+            f"<script>{SCRIPT}</script></body></html>\n")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--experiment", required=True, help="resolved experiment config, as JSON")
+    p.add_argument("--name", required=True, help="experiment name (page title)")
+    p.add_argument("--samples", required=True, type=Path, help="results/samples/{exp}: index.json, videos")
+    p.add_argument("--out", required=True, type=Path, help="results/report/{exp}.html")
+    p.add_argument("--dataset-dir", type=Path, help="data/datasets/{dataset} (stats.json, stats/*.png)")
+    p.add_argument("--run-dir", type=Path, help="results/train/{exp} (metrics.jsonl, config.json)")
+    p.add_argument("--metrics", type=Path, help="results/eval/{exp}/metrics.json from `longvid evaluate`")
+
+
+def run(args) -> int:
+    try:
+        experiment = json.loads(args.experiment)
+    except json.JSONDecodeError as e:
+        raise InputError(f"--experiment: not valid JSON ({e.msg})") from None
+    if not isinstance(experiment, dict):
+        raise InputError("--experiment: expected a JSON object")
+    inputs = gather(args.name, experiment, args.samples, dataset_dir=args.dataset_dir, run_dir=args.run_dir,
+                    metrics=args.metrics)
+    page = render_page(inputs)
+    write_text(args.out, page)
+    log.info("wrote %s (%.2f MB, %d videos)", args.out, len(page.encode()) / 1e6, len(inputs.samples))
+    return 0

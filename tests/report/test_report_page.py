@@ -1,0 +1,167 @@
+"""`longvid report` on real inputs: a dataset's stats and plot, a training log, sample videos and an
+evaluation, rendered to one HTML page that a headless Chromium must be able to show."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import MediaTags, browser_dom
+from longvid import cli
+from longvid.ingest.ffmpeg import encode_frames
+from longvid.io import InputError
+from longvid.report.gather import read_training_log
+from longvid.report.html import add_arguments, run
+
+HOSTILE_PROMPT = 'a red circle <script>alert("x")</script> & moves right'
+# (video file, width, height, prompt); the sizes differ so the browser check sees each video's own width.
+VIDEOS = [("0000_00.mp4", 32, 32, HOSTILE_PROMPT), ("0001_00.mp4", 48, 32, "a blue square moves left")]
+
+
+def moving_square(width: int, height: int, frames: int = 12) -> np.ndarray:
+    video = np.zeros((frames, height, width, 3), np.uint8)
+    for t in range(frames):
+        video[t, 8:16, t * 2:t * 2 + 8] = (220, 30, 30)
+    return video
+
+
+def write_png(path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2, 1.5), dpi=50)
+    fig.subplots().bar([1, 2, 3], [3, 1, 2])
+    fig.savefig(path, format="png")
+
+
+@pytest.fixture
+def tree(tmp_path) -> dict[str, Path]:
+    dataset, run_dir, samples = tmp_path / "dataset", tmp_path / "run", tmp_path / "samples"
+    for d in (dataset / "stats", run_dir, samples):
+        d.mkdir(parents=True)
+    dist = {"count": 4, "min": 1.0, "mean": 2.0, "p50": 2.0, "p90": 3.0, "max": 3.0, "total": 8.0}
+    (dataset / "stats.json").write_text(json.dumps({
+        "clips": {"scanned": 5, "train": 3, "val": 1, "rejected": 1, "uncaptioned": 0}, "hours": 0.002,
+        "duration": dist, "num_frames": dist, "caption_words": dist,
+        "reject_reasons": {"too_short": 1}, "resolutions": {"32x32": 4}}))
+    write_png(dataset / "stats" / "duration.png")
+    log = [{"step": s, "time": 1000.0 + s, "loss": 1.0 / s, "lr": 1e-3, "samples_per_s": 5.0,
+            "tokens_per_s": 90.0} for s in (10, 20, 30)]
+    log.append({**log[1], "loss": 0.07})  # a resumed run logs step 20 again
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    run_config = {"dataset": "shapes", "model": {"size": "tiny"}, "train": {"steps": 30, "lr": 1e-3},
+                  "git_commit": "abc1234"}
+    (run_dir / "config.json").write_text(json.dumps(run_config))
+    sidecars = []
+    for i, (name, width, height, prompt) in enumerate(VIDEOS):
+        encode_frames(samples / name, moving_square(width, height), fps=8)
+        sidecars.append({"prompt": prompt, "seed": 100 + i, "video": name, "sampler": "ddim", "steps": 10,
+                         "cfg": 3.0, "num_frames": 12, "fps": 8, "height": height, "width": width,
+                         "checkpoint": {"step": 30, "sha256": "f" * 64}})
+    (samples / "index.json").write_text(json.dumps({"count": len(sidecars), "samples": sidecars}))
+    metrics = tmp_path / "eval" / "metrics.json"
+    metrics.parent.mkdir()
+    metrics.write_text(json.dumps({
+        "experiment": "tiny", "checkpoint": {"step": 30, "sha256": "f" * 64},
+        "table": [{"metric": "flicker", "label": "temporal flicker (0-255)", "samples": 3.2, "reference": 1.1,
+                   "better": "lower"},
+                  {"metric": "val_loss", "label": "validation loss", "samples": 0.41, "reference": None,
+                   "better": "lower"}],
+        "samples": [{"video": "0000_00.mp4", "prompt": HOSTILE_PROMPT, "seed": 100, "flicker": 3.1,
+                     "motion": 0.8,
+                     "shapes": {"expected": {"color": "red", "direction": "right"}, "color": "red",
+                                "direction": "left", "color_ok": True, "direction_ok": False}},
+                    {"video": "0001_00.mp4", "prompt": "a blue square moves left", "seed": 101,
+                     "flicker": 2.0, "shapes": None}],
+        "tier2": {"fvd": {"status": "skipped", "reason": "evaluate.fvd not configured"},
+                  "clip_score": {"status": "ok", "value": 0.27}}}))
+    return {"dataset": dataset, "run": run_dir, "samples": samples, "metrics": metrics,
+            "out": tmp_path / "report" / "tiny.html"}
+
+
+def report(tree: dict[str, Path]) -> str:
+    """Run the stage through its own argument parser, as the Snakemake rule calls it."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    experiment = {"description": "a tiny <b>test</b> run", "dataset": "shapes"}
+    args = parser.parse_args([
+        "--experiment", json.dumps(experiment), "--name", "tiny", "--dataset-dir", str(tree["dataset"]),
+        "--run-dir", str(tree["run"]), "--samples", str(tree["samples"]), "--metrics", str(tree["metrics"]),
+        "--out", str(tree["out"])])
+    assert run(args) == 0
+    return tree["out"].read_text()
+
+
+def test_page_is_self_contained_and_escaped(tree):
+    page = report(tree)
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
+    assert "url(" not in page  # no CSS fetches either
+    for name, *_ in VIDEOS:
+        payload = base64.b64encode((tree["samples"] / name).read_bytes()).decode()
+        assert f'src="data:video/mp4;base64,{payload}"' in page
+    assert page.count("<video controls autoplay loop muted playsinline") == len(VIDEOS)
+    assert page.count('src="data:image/png;base64,') == 2  # the dataset plot and the training chart
+    assert "<script>alert" not in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; moves" in page
+    assert "a tiny &lt;b&gt;test&lt;/b&gt; run" in page
+    # metrics table, tier-2 lines, the shapes check and provenance all reach the page
+    assert "temporal flicker (0-255)" in page and "evaluate.fvd not configured" in page and "0.27" in page
+    assert "color red → red <span class=\"ok\">✓</span>" in page
+    assert "direction right → left <span class=\"bad\">✗</span>" in page
+    assert "abc1234" in page and "checkpoint step 30" in page
+    assert "not available" not in page
+    assert not list(tree["out"].parent.glob(".*tmp*"))  # written atomically: no temporary left behind
+
+
+def test_training_log_keeps_the_last_line_per_step(tree):
+    with open(tree["run"] / "metrics.jsonl", "a") as f:
+        f.write('{"step": 40, "loss"')  # torn by a killed job
+    rows = read_training_log(tree["run"] / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [10, 20, 30]
+    assert rows[1]["loss"] == 0.07
+
+
+def test_missing_optional_inputs_become_notes(tree):
+    tree["metrics"].unlink()
+    (tree["run"] / "metrics.jsonl").unlink()
+    shutil.rmtree(tree["dataset"] / "stats")
+    page = report(tree)
+    assert f"Evaluation not available ({tree['metrics']} not found" in page
+    assert f"Training curve not available ({tree['run'] / 'metrics.jsonl'} not found" in page
+    assert "Dataset plots not available" in page
+    assert page.count("data:video/mp4;base64,") == len(VIDEOS)  # the videos are still there
+    assert "no per-sample metrics" in page
+
+
+def test_missing_samples_index_is_an_input_error(tree, capsys):
+    (tree["samples"] / "index.json").unlink()
+    with pytest.raises(InputError, match=r"index\.json: samples index is missing"):
+        report(tree)
+    assert not tree["out"].exists()
+    # through the CLI: exit status 2 and the one-line message naming the file
+    argv = ["report", "--experiment", "{}", "--name", "tiny", "--samples", str(tree["samples"]),
+            "--out", str(tree["out"])]
+    assert cli.main(argv) == 2
+    assert f"{tree['samples'] / 'index.json'}: samples index is missing" in capsys.readouterr().err
+
+
+def test_broken_optional_json_is_an_input_error(tree):
+    tree["metrics"].write_text("{not json")
+    with pytest.raises(InputError, match=re.escape(str(tree["metrics"]))):
+        report(tree)
+
+
+def test_headless_chromium_decodes_every_video_and_image(tree, tmp_path):
+    report(tree)
+    dom = MediaTags()
+    dom.feed(browser_dom(tree["out"], tmp_path / "chromium-profile"))
+    failed = [v.get("data-error") for v in dom.videos if v.get("data-loaded") != "1"]
+    assert len(dom.videos) == len(VIDEOS) and not failed, f"undecoded videos {failed}"
+    assert [v["data-video-width"] for v in dom.videos] == [str(width) for _, width, *_ in VIDEOS]
+    assert len(dom.images) == 2 and all(img.get("data-ok") == "1" for img in dom.images)
