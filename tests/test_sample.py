@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import socket
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from longvid.sample import (
     VideoSampler,
     add_arguments,
     plan,
+    publish,
     read_prompts,
     run,
     sample_seed,
@@ -284,3 +286,20 @@ def test_i2v_image_conditions_the_video(tmp_path):
     red_video, noise_video = (sampler.generate(p, 11)[0] for p, _, _ in items[:2])
     assert torch.equal(red_video, sampler.generate(items[0][0], 11)[0])
     assert not torch.allclose(red_video, noise_video, atol=1e-4)
+
+
+def test_published_set_survives_the_output_directory_being_emptied(model_dir, tmp_path):
+    """The rule's output is results/samples/{exp}, which Snakemake deletes before a rerun: the videos
+    live in the work directory and the output only links to them."""
+    exp = tiny_experiment(samples_per_prompt=1)
+    items = plan(exp, model_dir, write_prompts(tmp_path / "p.txt", PROMPTS))
+    work, out = tmp_path / "work", tmp_path / "out"
+    assert len(sample_shard(items, exp, model_dir, work)) == 3
+    write_index(items, work)
+    index = publish(items, work, out)
+    assert json.loads(index.read_text())["count"] == 3
+    assert (out / "0002_00.mp4").stat().st_ino == (work / "0002_00.mp4").stat().st_ino  # a link, not a copy
+    shutil.rmtree(out)
+    assert sample_shard(items, exp, model_dir, work) == []  # nothing is made again
+    publish(items, work, out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in work.iterdir())

@@ -65,6 +65,15 @@ def test_invalid_config_fails_before_any_job_naming_the_key(repo_copy):
     assert "filter.min_frames: 48 is not 8N+1" in proc.stdout + proc.stderr
 
 
+def test_the_cluster_command_plans_the_5b_experiment(repo_copy):
+    """`snakemake --profile profiles/slurm results/samples/5b_sft`, dry: every stage up to sampling, the
+    GPU stages launched with one srun task per GPU."""
+    proc = snakemake(repo_copy, "--profile", "profiles/slurm", "-n", "results/samples/5b_sft")
+    assert job_counts(proc.stdout) == {"fetch": 1, "shard": 1, "dataset": 1, "encode": 1, "train": 1, "sample": 1}
+    assert "srun -n 8 longvid train" in proc.stdout and "srun -n 8 longvid sample" in proc.stdout
+    assert "--out-dir results/samples/5b_sft" in proc.stdout
+
+
 def test_lint_format_dag_and_every_rule_has_log_and_benchmark():
     lint = snakemake(REPO, "--lint")
     assert "Congratulations" in lint.stdout + lint.stderr

@@ -27,6 +27,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -319,10 +321,28 @@ def write_index(items: list[Item], out_dir: Path) -> Path:
     return path
 
 
+def publish(items: list[Item], work_dir: Path, out_dir: Path) -> Path:
+    """Link (or copy, across filesystems) the listed videos, sidecars and index of `work_dir` into
+    `out_dir`. The workflow's output is that directory, which Snakemake empties before every run;
+    the videos themselves stay in the work directory, so a rerun or a requeued job skips them."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = [Path(settings["video"]).stem + suffix for _, _, settings in items for suffix in (".mp4", ".json")]
+    for name in [*names, "index.json"]:
+        src, dst = work_dir / name, out_dir / name
+        dst.unlink(missing_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+    return out_dir / "index.json"
+
+
 def add_arguments(p) -> None:
     p.add_argument("--experiment", required=True, help="resolved experiment config, as JSON")
     p.add_argument("--model", required=True, type=Path, help="exported model, results/train/{exp}/final")
     p.add_argument("--out-dir", required=True, type=Path, help="results/samples/{exp}")
+    p.add_argument("--work-dir", type=Path, help="where videos are made and kept across runs (default: "
+                   "--out-dir); given, --out-dir receives links to the current set")
     p.add_argument("--prompts", type=Path, help="prompt file (default: the experiment's sample.prompts)")
 
 
@@ -332,9 +352,13 @@ def run(args) -> int:
     exp = json.loads(args.experiment)
     items = plan(exp, args.model, args.prompts or Path(exp["sample"]["prompts"]))  # bad input fails before joining
     info = init_distributed()
-    sample_shard(items, exp, args.model, args.out_dir, info.rank, info.world_size, info.device)
+    work_dir = args.work_dir or args.out_dir
+    sample_shard(items, exp, args.model, work_dir, info.rank, info.world_size, info.device)
     barrier()
     if info.is_main:
-        log.info("wrote %s", write_index(items, args.out_dir))
+        index = write_index(items, work_dir)
+        if work_dir != args.out_dir:
+            index = publish(items, work_dir, args.out_dir)
+        log.info("wrote %s", index)
     cleanup()
     return 0

@@ -20,6 +20,12 @@ _dataset_cache = dict(RESOLVED["datasets"])
 _experiment_cache = dict(RESOLVED["experiments"])
 
 
+# An experiment is one path component: results/samples/{experiment} is a directory output, which
+# must not match results/samples/tiny/index.json as experiment "tiny/index.json".
+wildcard_constraints:
+    experiment=r"[^/]+",
+
+
 def dataset_cfg(name):
     """Resolved config of any dataset: listed in config.yaml or only present in config/datasets/."""
     if name not in _dataset_cache:

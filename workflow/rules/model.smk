@@ -49,11 +49,14 @@ rule train:
 
 
 rule sample:
+    # The output is the directory users ask for (`snakemake results/samples/5b_sft`); Snakemake empties
+    # it before every run, so the videos are made in results/sample_runs/{experiment} (kept: a rerun or
+    # a requeued job skips finished videos) and the output directory links to the current set.
     input:
         model="results/train/{experiment}/final/model.safetensors",
         prompts=experiment_prompts,
     output:
-        index="results/samples/{experiment}/index.json",
+        samples=directory("results/samples/{experiment}"),
     log:
         "results/logs/{experiment}/sample.log",
     benchmark:
@@ -66,13 +69,14 @@ rule sample:
     shell:
         # videos already made with the same settings are kept (skip-if-exists inside the stage)
         "{params.launch} longvid sample --experiment {params.experiment} --model results/train/{wildcards.experiment}/final"
-        " --out-dir results/samples/{wildcards.experiment} --prompts {input.prompts} > {log} 2>&1"
+        " --work-dir results/sample_runs/{wildcards.experiment} --out-dir {output.samples}"
+        " --prompts {input.prompts} > {log} 2>&1"
 
 
 rule evaluate:
     input:
         model="results/train/{experiment}/final/model.safetensors",
-        samples="results/samples/{experiment}/index.json",
+        samples="results/samples/{experiment}",
         dataset=experiment_dataset,
     output:
         metrics="results/eval/{experiment}/metrics.json",
@@ -87,20 +91,22 @@ rule evaluate:
         dataset_dir=experiment_dataset_dir,
     shell:
         "longvid evaluate --experiment {params.experiment} --name {wildcards.experiment}"
-        " --model results/train/{wildcards.experiment}/final --samples results/samples/{wildcards.experiment}"
+        " --model results/train/{wildcards.experiment}/final --samples {input.samples}"
         " --dataset-dir {params.dataset_dir} --out {output.metrics} > {log} 2>&1"
 
 
 rule report:
     # Reads the training curve from the run directory too (metrics.jsonl; not an output of train).
     input:
-        samples="results/samples/{experiment}/index.json",
+        samples="results/samples/{experiment}",
         metrics="results/eval/{experiment}/metrics.json",
         dataset=experiment_dataset,
     output:
         html="results/report/{experiment}.html",
     log:
         "results/logs/{experiment}/report.log",
+    benchmark:
+        "results/benchmarks/{experiment}/report.tsv"
     conda:
         "../../envs/train.yaml"
     params:
@@ -109,5 +115,5 @@ rule report:
     shell:
         "longvid report --experiment {params.experiment} --name {wildcards.experiment}"
         " --dataset-dir {params.dataset_dir} --run-dir results/train/{wildcards.experiment}"
-        " --samples results/samples/{wildcards.experiment} --metrics {input.metrics} --out {output.html}"
+        " --samples {input.samples} --metrics {input.metrics} --out {output.html}"
         " > {log} 2>&1"
