@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from longvid.io import InputError
+from longvid.io import InputError, json_object
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +48,7 @@ def read_json(path: Path) -> dict | None:
     except FileNotFoundError:
         log.info("%s: not found; the report notes it as not available", path)
         return None
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(obj, dict):
-        raise InputError(f"{path}: expected a JSON object, got {type(obj).__name__}")
-    return obj
+    return json_object(text, str(path))
 
 
 def read_samples(samples_dir: Path) -> list[dict]:
