@@ -10,6 +10,7 @@ import re
 import shutil
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -165,3 +166,18 @@ def test_headless_chromium_decodes_every_video_and_image(tree, tmp_path):
     assert len(dom.videos) == len(VIDEOS) and not failed, f"undecoded videos {failed}"
     assert [v["data-video-width"] for v in dom.videos] == [str(width) for _, width, *_ in VIDEOS]
     assert len(dom.images) == 2 and all(img.get("data-ok") == "1" for img in dom.images)
+
+
+def test_large_videos_are_embedded_as_smaller_previews(tmp_path):
+    from longvid.report.preview import embeddable
+
+    big = tmp_path / "big.mp4"
+    noise = np.random.default_rng(0).integers(0, 256, (16, 96, 128, 3), dtype=np.uint8)
+    encode_frames(big, noise, 8)
+    assert embeddable(big) == (big.read_bytes(), False)  # under the threshold: the file itself
+    preview, is_preview = embeddable(big, max_bytes=1000, max_width=64)
+    assert is_preview and len(preview) < big.stat().st_size
+    (tmp_path / "preview.mp4").write_bytes(preview)
+    with av.open(str(tmp_path / "preview.mp4")) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 16 and frames[0].shape == (48, 64, 3)  # aspect kept, never wider than asked

@@ -2,7 +2,8 @@
 
 The page references nothing outside itself (no CDN, fonts or remote scripts): plots are PNG data URIs
 and videos are base64 `data:video/mp4` URIs, so the one file can be archived, mailed or attached to an
-issue and still open years later. It weighs 4/3 of the sample videos (base64) plus the plots.
+issue and still open years later. It weighs 4/3 of the sample videos (base64) plus the plots;
+videos over 1.5 MB go in as smaller previews (longvid.report.preview).
 
 Inputs: the samples index (`--samples DIR` holding index.json and the videos; required) and, each
 optional — the page shows a "not available" note when one is missing — the dataset's stats.json and

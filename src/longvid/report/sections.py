@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from longvid.report.gather import ReportInputs, finite
+from longvid.report.preview import embeddable
 
 VIDEO_TYPES = {".mp4": "video/mp4", ".webm": "video/webm"}
 # (stats.json key, row label) of the per-clip distributions the dataset builder records.
@@ -192,9 +193,12 @@ def shapes_check(shapes: Any) -> str:
 def sample_card(sidecar: dict, scores: dict | None, samples_dir: Path) -> str:
     path = samples_dir / str(sidecar["video"])
     if path.is_file():
-        mime = VIDEO_TYPES.get(path.suffix.lower(), "video/mp4")
+        data, is_preview = embeddable(path)
+        mime = "video/mp4" if is_preview else VIDEO_TYPES.get(path.suffix.lower(), "video/mp4")
         media = (f'<video controls autoplay loop muted playsinline preload="auto" '
-                 f'src="{data_uri(mime, path.read_bytes())}"></video>')
+                 f'src="{data_uri(mime, data)}"></video>')
+        if is_preview:
+            media += f'<p class="meta">preview; full quality: <code>{esc(str(path))}</code></p>'
     else:
         media = note(f"{path} not found")
     h, w = sidecar.get("height"), sidecar.get("width")
