@@ -118,3 +118,24 @@ def test_deepspeed_zero2_bf16_resumes_after_sigterm(latents, tmp_path):
     a, b = weights(clean), weights(resumed)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_changed_settings_start_over_but_more_steps_continue(latents, tmp_path):
+    """The run directory outlives a change of settings (it is not a Snakemake output): checkpoints of
+    other settings must not be resumed, while asking for more steps must continue the run."""
+    first = experiment(steps=6)
+    subprocess.run(train_cmd(tmp_path, latents, first), env=ENV, check=True, capture_output=True)
+    longer = subprocess.run(train_cmd(tmp_path, latents, experiment(steps=9)), env=ENV, check=True,
+                            capture_output=True, text=True)
+    assert "resumed from" in longer.stderr and "superseded" not in longer.stderr
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == list(
+        range(1, 10))
+
+    other = subprocess.run(train_cmd(tmp_path, latents, experiment(steps=9, lr=3e-4)), env=ENV, check=True,
+                           capture_output=True, text=True)
+    assert "made by another run" in other.stderr and "training from step 0" in other.stderr
+    assert "resumed from" not in other.stderr
+    kept = tmp_path / "superseded"
+    assert (kept / "checkpoints/latest").read_text().strip() == "step_00000009"
+    assert len((kept / "metrics.jsonl").read_text().splitlines()) == 9
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 9  # the new run's own curve

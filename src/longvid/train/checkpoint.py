@@ -135,13 +135,25 @@ class CheckpointManager:
     nodes, run_dir must be on a shared filesystem (as DeepSpeed's own checkpoints require)."""
 
     def __init__(self, run_dir: str | os.PathLike, keep_last: int = 3, config: Any = None,
-                 dataset_version: str | None = None):
+                 dataset_version: str | None = None, run_identity: str | None = None):
         if keep_last < 1:
             raise ValueError(f"keep_last={keep_last}: must keep at least one checkpoint")
         self.dir = Path(run_dir) / "checkpoints"
         self.keep_last = keep_last
         self.meta = {"config_hash": config_hash(config), "code_version": code_version(),
-                     "dataset_version": dataset_version}
+                     "dataset_version": dataset_version, "run_identity": run_identity}
+
+    def foreign(self, path: Path) -> str | None:
+        """Why checkpoint `path` belongs to another run (other settings or data), or None if it is
+        this run's. Checkpoints written before run identities were recorded count as this run's."""
+        try:
+            theirs = json.loads((path / META_FILE).read_text()).get("run_identity")
+        except (OSError, ValueError, AttributeError):
+            return None  # unreadable meta: loading will name the problem
+        mine = self.meta["run_identity"]
+        if theirs is None or mine is None or theirs == mine:
+            return None
+        return f"made by another run (identity {theirs}, this run is {mine}: training settings or data changed)"
 
     # -- finding -----------------------------------------------------------------------------
     def complete(self) -> list[tuple[int, Path]]:

@@ -8,6 +8,9 @@ Resuming is automatic: the latest checkpoint in the run directory restores model
 schedule, RNG and data position, so a run killed at any step and restarted ends with the weights of
 a run never interrupted (CPU, `train.deterministic`). SIGTERM/SIGUSR1 (Slurm's warning before a time
 limit or preemption) save a checkpoint at once and exit 75, so the rule's retry resumes it.
+Checkpoints of another run - the run directory outlives a change of training settings or data, after
+which Snakemake trains again - are not resumed: they move to `superseded/` and training starts over.
+Only `steps` and bookkeeping (RESUMABLE_CHANGES) may change and still resume: more steps continue.
 
 Per-sample randomness (noise, timestep, text dropout) is drawn from generators keyed by the sample's
 position in the global batch, not by rank: N processes on a global batch compute what one process
@@ -16,9 +19,12 @@ computes on the same global batch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -32,7 +38,7 @@ from longvid.train import accounting
 from longvid.train.checkpoint import CheckpointManager, capture_rng, restore_rng
 from longvid.train.components import build_dit, build_encoders, build_schedule
 from longvid.train.data import make_loader
-from longvid.train.dist import all_reduce_mean, cleanup, init_distributed
+from longvid.train.dist import all_reduce_mean, barrier, cleanup, init_distributed
 from longvid.train.export import export_model
 from longvid.train.metrics import MetricsLogger, Throughput, progress
 from longvid.train.signals import EXIT_PREEMPTED, PreemptionHandler
@@ -95,7 +101,8 @@ class Trainer:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.ckpt = CheckpointManager(run_dir, keep_last=self.cfg["keep_last"], config=exp,
-                                      dataset_version=dataset_version(dataset_dir))
+                                      dataset_version=dataset_version(dataset_dir),
+                                      run_identity=run_identity(exp, latents or Path(dataset_dir) / "train.jsonl"))
         self.step = 0
 
     def _init_deepspeed(self) -> None:
@@ -120,6 +127,14 @@ class Trainer:
         if found is None:
             return None
         step, path = found
+        why = self.ckpt.foreign(path)
+        if why is not None:  # Snakemake reran training because its settings or data changed
+            barrier()  # every rank has looked before rank 0 moves the directory
+            if self.info.is_main:
+                moved = supersede(self.run_dir)
+                log.warning("%s: %s; moved that run to %s, training from step 0", path, why, moved)
+            barrier()
+            return None
         if self.engine is not None:
             client = self.ckpt.load_engine(self.engine, path)
             self.sampler.load_state_dict(client["sampler"])
@@ -218,6 +233,37 @@ class Trainer:
             export_model(self.model, self.exp, self.run_dir / "final", step=self.step)
         log.info(accounting.end_message(self.step))
         return 0
+
+
+# Settings that do not change what a step computes: a run with only these changed resumes (asking for
+# more `steps` continues training rather than starting over).
+RESUMABLE_CHANGES = ("steps", "save_every", "keep_last", "log_every", "wandb_project")
+
+
+def run_identity(exp: dict, data_file: Path) -> str:
+    """Hash of what determines the training trajectory: the experiment's training-relevant sections
+    and the bytes of the data listing (latent index or train.jsonl)."""
+    relevant = {k: v for k, v in exp.items() if k not in ("sample", "evaluate", "description", "name")}
+    relevant["train"] = {k: v for k, v in exp["train"].items() if k not in RESUMABLE_CHANGES}
+    digest = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode())
+    try:
+        digest.update(Path(data_file).read_bytes())
+    except OSError:
+        pass  # a missing listing fails when the data is loaded, with a better message
+    return digest.hexdigest()[:16]
+
+
+def supersede(run_dir: Path) -> Path:
+    """Move a previous run's checkpoints and training log to run_dir/superseded (replacing the one
+    kept there before): they are not this run's to resume, but nothing finished is deleted unasked."""
+    target = run_dir / "superseded"
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir()
+    for name in ("checkpoints", "metrics.jsonl", "wandb_run_id"):
+        if (run_dir / name).exists():
+            os.replace(run_dir / name, target / name)
+    return target
 
 
 def dataset_version(dataset_dir: Path) -> str | None:
