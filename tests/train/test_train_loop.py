@@ -40,9 +40,9 @@ def latents(tmp_path_factory):
     return d / "train.jsonl"
 
 
-def train_cmd(run_dir: Path, latents: Path, exp: str) -> list[str]:
+def train_cmd(run_dir: Path, latents: Path | None, exp: str) -> list[str]:
     return ["longvid", "train", "--experiment", exp, "--dataset-dir", str(REPO / "data/datasets/shapes"),
-            "--run-dir", str(run_dir), "--latents", str(latents)]
+            "--run-dir", str(run_dir), *(["--latents", str(latents)] if latents else [])]
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -139,3 +139,36 @@ def test_changed_settings_start_over_but_more_steps_continue(latents, tmp_path):
     assert (kept / "checkpoints/latest").read_text().strip() == "step_00000009"
     assert len((kept / "metrics.jsonl").read_text().splitlines()) == 9
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 9  # the new run's own curve
+
+
+def bucketed(**train) -> str:
+    exp = json.loads(experiment(steps=8, **train))
+    exp["data"].update({"latent_cache": False, "buckets": [[17, 48, 64], [17, 32, 64]], "max_tokens": 120})
+    return json.dumps(exp)
+
+
+def test_bucketed_training_resumes_bit_identical(latents, tmp_path):
+    """Mixed-size training (data.buckets): batches sized by the token budget, decoded on the fly,
+    and a SIGKILL mid-run still resumes to the uninterrupted weights."""
+    ref = tmp_path / "ref"
+    done = subprocess.run(train_cmd(ref, None, bucketed()), env=ENV, check=True, capture_output=True, text=True)
+    # 160x120 clips take the 4:3 bucket; 17 frames x 48x64 px = 60 tokens, so 2 per batch under 120
+    assert "'frames': 17, 'height': 48, 'width': 64, 'tokens': 60, 'batch_size': 2" in done.stderr
+    rates = [json.loads(line) for line in (ref / "metrics.jsonl").read_text().splitlines()]
+    assert rates[-1]["tokens_per_s"] / rates[-1]["samples_per_s"] == pytest.approx(60, rel=1e-6)
+
+    run = tmp_path / "run"
+    interrupt(train_cmd(run, None, bucketed()), run, 4, signal.SIGKILL)
+    subprocess.run(train_cmd(run, None, bucketed()), env=ENV, check=True, capture_output=True)
+    got, want = weights(run), weights(ref)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_buckets_are_checked_against_the_attention_windows(latents, tmp_path):
+    exp = json.loads(bucketed())
+    exp["data"]["buckets"] = [[25, 48, 64]]  # 7 latent frames: 1 prefix + 6, not a multiple of windows of 4
+    proc = subprocess.run(train_cmd(tmp_path, None, json.dumps(exp)), env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 2 and "data.buckets[0]: " in proc.stderr and "attn_window=4" in proc.stderr
+    exp["data"]["latent_cache"] = True
+    proc = subprocess.run(train_cmd(tmp_path, latents, json.dumps(exp)), env=ENV, capture_output=True, text=True)
+    assert "data.buckets: needs data.latent_cache: false" in proc.stderr

@@ -6,6 +6,7 @@ Either way a batch becomes (latents (B, T, C, h, w), context (B, L, D)) through
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -15,6 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 from longvid.dataset.loader import VideoClipDataset
 from longvid.dataset.sampler import ResumableDistributedSampler
 from longvid.io import InputError, read_jsonl
+
+log = logging.getLogger(__name__)
 
 
 class LatentCacheDataset(Dataset):
@@ -61,8 +64,38 @@ class ClipData(VideoClipDataset, OnTheFly):
     pass
 
 
-def make_loader(exp: dict, dataset_dir: Path, latents: Path | None, info):
+def bucketed_loader(exp: dict, dataset_dir: Path, latents: Path | None, info, check_frames):
+    """Loader over `data.buckets`: batches of one (frames, height, width) each, sized to max_tokens."""
+    from longvid.dataset.buckets import BucketBatchSampler, plan_buckets
+
     d, t = exp["data"], exp["train"]
+    if latents is not None:
+        raise InputError("data.buckets: needs data.latent_cache: false (the latent cache holds one size per clip)")
+    if not d["max_tokens"]:
+        raise InputError("data.max_tokens: required with data.buckets (the per-process token budget)")
+    for i, (frames, _, _) in enumerate(d["buckets"]):
+        try:
+            check_frames(frames)
+        except InputError as e:
+            raise InputError(f"data.buckets[{i}]: {e}") from None
+    dataset = ClipData(Path(dataset_dir) / "train.jsonl", root=dataset_dir, num_frames=d["num_frames"],
+                       fps=d["fps"], height=d["height"], width=d["width"], text_key=d["text_key"],
+                       seed=t["seed"])
+    plan = plan_buckets(dataset.rows, d["buckets"], d["max_tokens"], fps=d["fps"])
+    dataset.set_sizes(plan.row_sizes)
+    sampler = BucketBatchSampler(plan, info.rank, info.world_size, seed=t["seed"])
+    if info.is_main:
+        log.info("buckets: %s", plan.summary())
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=d["num_workers"])
+    return loader, sampler, dataset
+
+
+def make_loader(exp: dict, dataset_dir: Path, latents: Path | None, info, check_frames=None):
+    """(loader, resumable sampler, dataset). `check_frames(num_frames)` validates a bucket's clip
+    length against the model's geometry (attention windows)."""
+    d, t = exp["data"], exp["train"]
+    if d.get("buckets"):
+        return bucketed_loader(exp, dataset_dir, latents, info, check_frames or (lambda frames: None))
     if latents is not None:
         dataset = LatentCacheDataset(latents)
     else:

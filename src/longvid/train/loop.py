@@ -88,8 +88,8 @@ class Trainer:
         if self.info.is_main:
             log.info("parameters:\n%s", parameter_table(self.model))
         self.schedule = build_schedule(exp)
-        self.loader, self.sampler, self.dataset = make_loader(exp, dataset_dir, latents, self.info)
-        self.global_batch = self.cfg["micro_batch"] * self.info.world_size
+        self.loader, self.sampler, self.dataset = make_loader(exp, dataset_dir, latents, self.info,
+                                                              check_frames=self.check_clip_frames)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, self.cfg["weight_decay"]), lr=self.cfg["lr"],
                                            betas=tuple(self.cfg["betas"]), eps=self.cfg["eps"])
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.cfg))
@@ -104,6 +104,12 @@ class Trainer:
                                       dataset_version=dataset_version(dataset_dir),
                                       run_identity=run_identity(exp, latents or Path(dataset_dir) / "train.jsonl"))
         self.step = 0
+
+    def check_clip_frames(self, frames: int) -> None:
+        """A clip length the model's geometry accepts (attention windows), else InputError."""
+        from longvid.models.config import check_frames
+
+        check_frames(self.model.config, (frames - 1) // self.encoders.vae.temporal_compression + 1)
 
     def _init_deepspeed(self) -> None:
         import deepspeed
@@ -160,32 +166,37 @@ class Trainer:
             })
 
     # -- one optimisation step -------------------------------------------------------------------
-    def micro_step(self, batch: dict, micro: int) -> tuple[torch.Tensor, int]:
+    def micro_step(self, batch: dict, micro: int) -> tuple[torch.Tensor, int, int]:
+        """(loss, video tokens, samples) of this process's micro-batch."""
         latents, context = self.dataset.latents_and_context(batch, self.encoders, self.device)
-        first = micro * self.global_batch + self.info.rank * self.cfg["micro_batch"]
-        gens = sample_generators(self.cfg["seed"], self.step, first, latents.shape[0])
+        # keyed by position in the global batch; with buckets, every rank's batch has the step's bucket size
+        bs, world = latents.shape[0], self.info.world_size
+        first = micro * bs * world + self.info.rank * bs
+        gens = sample_generators(self.cfg["seed"], self.step, first, bs)
         noise, t, context = per_sample_randomness(gens, latents.shape, context.cpu(),
-                                                  self.global_batch * self.cfg["grad_accum"], first,
+                                                  bs * world * self.cfg["grad_accum"], first,
                                                   self.cfg["text_dropout"])
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
                                   enabled=self.cfg["precision"] == "bf16" and self.engine is None)
         with autocast:
             loss = diffusion_loss(self.net, self.schedule, latents, context.to(self.device), t.to(self.device),
                                   noise.to(self.device)).mean()
-        tokens = latents.shape[0] * latents.shape[1] * (latents.shape[3] // 2) * (latents.shape[4] // 2)
-        return loss, tokens
+        tokens = bs * latents.shape[1] * (latents.shape[3] // 2) * (latents.shape[4] // 2)
+        return loss, tokens, bs
 
-    def train_step(self, batches) -> tuple[float, int]:
-        total, tokens = 0.0, 0
+    def train_step(self, batches) -> tuple[float, int, int]:
+        """One optimizer step: (mean loss, video tokens, samples), this process's share."""
+        total, tokens, samples = 0.0, 0, 0
         for micro in range(self.cfg["grad_accum"]):
-            loss, n_tokens = self.micro_step(next(batches), micro)
+            loss, n_tokens, n_samples = self.micro_step(next(batches), micro)
             if self.engine is not None:
                 self.engine.backward(loss)
             else:
                 (loss / self.cfg["grad_accum"]).backward()
             total += loss.item() / self.cfg["grad_accum"]
             tokens += n_tokens
-            self.sampler.advance(self.cfg["micro_batch"])
+            samples += n_samples
+            self.sampler.advance(1 if self.sampler.unit == "batches" else self.cfg["micro_batch"])
         if self.engine is not None:
             self.engine.step()
         else:
@@ -194,7 +205,7 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-        return total, tokens
+        return total, tokens, samples
 
     def batches(self):
         """Batches forever, epoch after epoch, starting at the sampler's (possibly resumed) position."""
@@ -216,9 +227,9 @@ class Trainer:
                 PreemptionHandler() as stop, progress(steps, self.step, self.info.is_main) as bar:
             batches = self.batches()
             while self.step < steps:
-                loss, tokens = self.train_step(batches)
+                loss, tokens, samples = self.train_step(batches)
                 self.step += 1
-                rates.update(self.global_batch * self.cfg["grad_accum"], tokens * self.info.world_size)
+                rates.update(samples * self.info.world_size, tokens * self.info.world_size)
                 bar.update(1)
                 if self.step % self.cfg["log_every"] == 0 or self.step == steps:
                     loss = all_reduce_mean(torch.tensor([loss], device=self.device)).item()  # all ranks
