@@ -34,6 +34,10 @@ def test_default_target_end_to_end_then_only_what_changed_reruns(repo_copy, tmp_
     assert media.images and all(img.get("data-ok") == "1" for img in media.images)  # stats plots, loss curve
     assert all(s["prompt"] in dom for s in index["samples"])
     assert job_counts(snakemake(repo_copy, "-n", "--configfile", TINY, EXP).stdout) == {}
+    # Snakemake's own report (`snakemake --report`) collects the flagged outputs with their captions
+    snakemake(repo_copy, "--report", "snakemake-report.html", "--configfile", TINY, EXP)
+    overview = (repo_copy / "snakemake-report.html").read_text()
+    assert all(name in overview for name in ("0000_00.mp4", "tiny.html", "duration.png", "Videos sampled from"))
 
     tweak = repo_copy / "tweak.yaml"
     tweak.write_text("experiments: {tiny: {sample: {cfg: 1.5}}}\n")

@@ -13,7 +13,13 @@ rule dataset:
         val="data/datasets/{dataset}/val.jsonl",
         stats="data/datasets/{dataset}/stats.json",
         clips=directory("data/datasets/{dataset}/clips"),
-        plots=directory("data/datasets/{dataset}/stats"),
+        plots=report(
+            directory("data/datasets/{dataset}/stats"),
+            patterns=["{name}.png"],
+            caption="../report/dataset_plots.rst",
+            category="Datasets",
+            subcategory="{dataset}",
+        ),
     log:
         "results/logs/{dataset}/dataset.log",
     benchmark:

@@ -56,7 +56,13 @@ rule sample:
         model="results/train/{experiment}/final/model.safetensors",
         prompts=experiment_prompts,
     output:
-        samples=directory("results/samples/{experiment}"),
+        samples=report(
+            directory("results/samples/{experiment}"),
+            patterns=["{name}.mp4"],
+            caption="../report/samples.rst",
+            category="Samples",
+            subcategory="{experiment}",
+        ),
     log:
         "results/logs/{experiment}/sample.log",
     benchmark:
@@ -102,7 +108,11 @@ rule report:
         metrics="results/eval/{experiment}/metrics.json",
         dataset=experiment_dataset,
     output:
-        html="results/report/{experiment}.html",
+        html=report(
+            "results/report/{experiment}.html",
+            caption="../report/experiment.rst",
+            category="Experiments",
+        ),
     log:
         "results/logs/{experiment}/report.log",
     benchmark:
