@@ -11,7 +11,8 @@ the trainer reads it instead of decoding video. Rows are divided across the proc
 (rank r encodes rows r, r+W, ...), and rank 0 writes the index once all are done.
 
 Cached clips use one fixed window per clip (the first `num_frames` at the training fps); training on
-the fly instead samples a random window each epoch.
+the fly instead samples a random window each epoch. With `data.buckets`, each clip is encoded at its
+bucket's size and the index records the bucket, which the trainer batches by.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from longvid.dataset.loader import VideoClipDataset
 from longvid.ingest.manifest import sha256_file
-from longvid.io import atomic_path, write_jsonl
+from longvid.io import InputError, atomic_path, write_jsonl
 from longvid.train.components import build_encoders
 from longvid.train.dist import barrier, cleanup, init_distributed
 
@@ -45,6 +46,19 @@ def entry_path(cache: Path, key: str) -> Path:
     return cache / key[:2] / f"{key}.safetensors"
 
 
+def bucket_assignment(d: dict, ds: VideoClipDataset) -> list[int | None]:
+    """Each row's bucket under `data.buckets` (sizes set on `ds`), or 0 for all without buckets."""
+    if not d.get("buckets"):
+        return [0] * len(ds.rows)
+    from longvid.dataset.buckets import plan_buckets
+
+    if not d["max_tokens"]:
+        raise InputError("data.max_tokens: required with data.buckets (the per-process token budget)")
+    plan = plan_buckets(ds.rows, d["buckets"], d["max_tokens"], fps=d["fps"])
+    ds.set_sizes(plan.row_sizes)
+    return plan.assignment
+
+
 @torch.no_grad()
 def encode_split(exp: dict, jsonl: Path, root: Path, cache: Path, index: Path) -> int:
     info = init_distributed()
@@ -54,19 +68,22 @@ def encode_split(exp: dict, jsonl: Path, root: Path, cache: Path, index: Path) -
     enc.text.to(info.device)
     ds = VideoClipDataset(jsonl, root=root, num_frames=d["num_frames"], fps=d["fps"], height=d["height"],
                           width=d["width"], text_key=d["text_key"], random_start=False)
-    shape = f"{d['num_frames']}x{d['height']}x{d['width']}@{d['fps']}fps"
+    assignment = bucket_assignment(d, ds)
     rows, done = [], 0
     for i, row in enumerate(ds.rows):
+        if assignment[i] is None:
+            continue  # shorter than every bucket (counted in the plan's warning)
+        frames, height, width = ds.shape_of(i)
         caption = json.dumps(row[d["text_key"]], sort_keys=True)  # a string, or a list of captions
-        key = entry_key(sha256_file(ds.paths[i]), caption, enc.identity, shape)
-        rows.append({"id": row.get("id", str(i)), "key": key,
-                     "file": os.path.relpath(entry_path(cache, key), index.parent)})
-    mine = [i for i in range(len(rows)) if i % info.world_size == info.rank]
-    for i in tqdm(mine, desc="encode", unit="clip", disable=None if info.is_main else True):
-        path = entry_path(cache, rows[i]["key"])
+        key = entry_key(sha256_file(ds.paths[i]), caption, enc.identity, f"{frames}x{height}x{width}@{d['fps']}fps")
+        rows.append({"id": row.get("id", str(i)), "key": key, "file": os.path.relpath(entry_path(cache, key), index.parent),
+                     "row": i, **({"bucket": assignment[i]} if d.get("buckets") else {})})
+    mine = [k for k in range(len(rows)) if k % info.world_size == info.rank]
+    for k in tqdm(mine, desc="encode", unit="clip", disable=None if info.is_main else True):
+        path = entry_path(cache, rows[k]["key"])
         if path.exists():
             continue
-        item = ds[i]
+        item = ds[rows[k]["row"]]
         video = item["video"].to(info.device).permute(1, 0, 2, 3)[None]  # (1, 3, F, H, W)
         latents = enc.vae.encode(video)[0].permute(1, 0, 2, 3)  # (T, C, h, w)
         context = enc.text([item["text"]])[0]
@@ -77,7 +94,7 @@ def encode_split(exp: dict, jsonl: Path, root: Path, cache: Path, index: Path) -
         done += 1
     barrier()
     if info.is_main:
-        write_jsonl(index, rows)
+        write_jsonl(index, [{k: v for k, v in r.items() if k != "row"} for r in rows])
     log.info("encoded %d new clips of %d (%s)", done, len(rows), enc.identity)
     cleanup()
     return done

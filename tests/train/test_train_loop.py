@@ -143,32 +143,45 @@ def test_changed_settings_start_over_but_more_steps_continue(latents, tmp_path):
 
 def bucketed(**train) -> str:
     exp = json.loads(experiment(steps=8, **train))
-    exp["data"].update({"latent_cache": False, "buckets": [[17, 48, 64], [17, 32, 64]], "max_tokens": 120})
+    exp["data"].update({"buckets": [[17, 48, 64], [17, 32, 64]], "max_tokens": 120})
     return json.dumps(exp)
 
 
-def test_bucketed_training_resumes_bit_identical(latents, tmp_path):
-    """Mixed-size training (data.buckets): batches sized by the token budget, decoded on the fly,
-    and a SIGKILL mid-run still resumes to the uninterrupted weights."""
+@pytest.fixture(scope="module")
+def bucketed_latents(tmp_path_factory):
+    """`longvid encode` with buckets: every clip at its bucket's size, the bucket in the index."""
+    d = tmp_path_factory.mktemp("bucketed-latents")
+    subprocess.run(["longvid", "encode", "--experiment", bucketed(), "--dataset-dir", str(REPO / "data/datasets/shapes"),
+                    "--cache", str(d / "cache"), "--index", str(d / "train.jsonl")], check=True, capture_output=True,
+                   env=ENV)
+    return d / "train.jsonl"
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["on-the-fly", "latent-cache"])
+def test_bucketed_training_resumes_bit_identical(bucketed_latents, tmp_path, cached):
+    """Mixed-size training (data.buckets): batches sized by the token budget, decoded on the fly or
+    read from the bucketed latent cache, and a SIGKILL mid-run still resumes to the uninterrupted weights."""
+    source = bucketed_latents if cached else None
+    rows = [json.loads(line) for line in bucketed_latents.read_text().splitlines()]
+    assert {row["bucket"] for row in rows} == {0}  # 160x120 clips: the 4:3 bucket
     ref = tmp_path / "ref"
-    done = subprocess.run(train_cmd(ref, None, bucketed()), env=ENV, check=True, capture_output=True, text=True)
-    # 160x120 clips take the 4:3 bucket; 17 frames x 48x64 px = 60 tokens, so 2 per batch under 120
+    done = subprocess.run(train_cmd(ref, source, bucketed()), env=ENV, check=True, capture_output=True, text=True)
+    # 17 frames x 48x64 px = 60 tokens, so 2 per batch under 120
     assert "'frames': 17, 'height': 48, 'width': 64, 'tokens': 60, 'batch_size': 2" in done.stderr
     rates = [json.loads(line) for line in (ref / "metrics.jsonl").read_text().splitlines()]
     assert rates[-1]["tokens_per_s"] / rates[-1]["samples_per_s"] == pytest.approx(60, rel=1e-6)
 
     run = tmp_path / "run"
-    interrupt(train_cmd(run, None, bucketed()), run, 4, signal.SIGKILL)
-    subprocess.run(train_cmd(run, None, bucketed()), env=ENV, check=True, capture_output=True)
+    interrupt(train_cmd(run, source, bucketed()), run, 4, signal.SIGKILL)
+    subprocess.run(train_cmd(run, source, bucketed()), env=ENV, check=True, capture_output=True)
     got, want = weights(run), weights(ref)
     assert all(torch.equal(got[k], want[k]) for k in want)
 
 
-def test_buckets_are_checked_against_the_attention_windows(latents, tmp_path):
+def test_buckets_are_checked_against_the_windows_and_the_cache(latents, tmp_path):
     exp = json.loads(bucketed())
     exp["data"]["buckets"] = [[25, 48, 64]]  # 7 latent frames: 1 prefix + 6, not a multiple of windows of 4
     proc = subprocess.run(train_cmd(tmp_path, None, json.dumps(exp)), env=ENV, capture_output=True, text=True)
     assert proc.returncode == 2 and "data.buckets[0]: " in proc.stderr and "attn_window=4" in proc.stderr
-    exp["data"]["latent_cache"] = True
-    proc = subprocess.run(train_cmd(tmp_path, latents, json.dumps(exp)), env=ENV, capture_output=True, text=True)
-    assert "data.buckets: needs data.latent_cache: false" in proc.stderr
+    proc = subprocess.run(train_cmd(tmp_path, latents, bucketed()), env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 2 and "written without data.buckets" in proc.stderr

@@ -94,15 +94,7 @@ def plan_buckets(rows: Sequence[dict], buckets: Sequence[Sequence[int]], max_tok
                  spatial_compression: int = 8, patch_size: int = 2) -> BucketPlan:
     """Assign rows (`width`, `height`, `num_frames`, and `fps` when `fps` is given: frames are then
     counted at that target rate, as the loader samples them) to buckets."""
-    if max_tokens < 1:
-        raise InputError(f"max_tokens must be positive, got {max_tokens}")
-    buckets = check_buckets(buckets, spatial_compression * patch_size)
-    tokens = [latent_tokens(*b, temporal_compression, spatial_compression, patch_size) for b in buckets]
-    batch_sizes = [max(1, max_tokens // t) for t in tokens]
-    for b, t in enumerate(tokens):
-        if t > max_tokens:
-            log.warning("bucket %s needs %d tokens per sample, over max_tokens=%d: batch size 1",
-                        buckets[b], t, max_tokens)
+    checked = check_buckets(buckets, spatial_compression * patch_size)
     assignment = []
     for i, row in enumerate(rows):
         w, h, n = row.get("width"), row.get("height"), row.get("num_frames")
@@ -116,12 +108,30 @@ def plan_buckets(rows: Sequence[dict], buckets: Sequence[Sequence[int]], max_tok
             if src is None:
                 raise InputError(f"rows[{i}]: needs `fps` (or `duration`) to count frames at {fps} fps")
             available = frames_at_fps(n, src, fps, skip_frames)
-        assignment.append(choose_bucket(w, h, available, buckets))
-    plan = BucketPlan(buckets, tokens, batch_sizes, assignment, max_tokens)
+        assignment.append(choose_bucket(w, h, available, checked))
+    plan = plan_for(checked, assignment, max_tokens, temporal_compression, spatial_compression, patch_size)
     dropped = plan.summary()["unassigned"]
     if dropped:
         log.warning("%d of %d rows are shorter than every bucket and are left out", dropped, len(rows))
     return plan
+
+
+def plan_for(buckets: Sequence[Sequence[int]], assignment: Sequence[int | None], max_tokens: int,
+             temporal_compression: int = 4, spatial_compression: int = 8, patch_size: int = 2) -> BucketPlan:
+    """The plan of a known assignment (e.g. the one `longvid encode` recorded in a latent index)."""
+    if max_tokens < 1:
+        raise InputError(f"max_tokens must be positive, got {max_tokens}")
+    buckets = check_buckets(buckets, spatial_compression * patch_size)
+    tokens = [latent_tokens(*b, temporal_compression, spatial_compression, patch_size) for b in buckets]
+    batch_sizes = [max(1, max_tokens // t) for t in tokens]
+    for b, t in enumerate(tokens):
+        if t > max_tokens:
+            log.warning("bucket %s needs %d tokens per sample, over max_tokens=%d: batch size 1",
+                        buckets[b], t, max_tokens)
+    for i, a in enumerate(assignment):
+        if a is not None and not 0 <= a < len(buckets):
+            raise InputError(f"rows[{i}]: bucket {a} is not one of the {len(buckets)} buckets")
+    return BucketPlan(buckets, tokens, batch_sizes, list(assignment), max_tokens)
 
 
 class BucketBatchSampler(ResumableSampling, Sampler[list[int]]):

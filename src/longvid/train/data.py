@@ -66,11 +66,9 @@ class ClipData(VideoClipDataset, OnTheFly):
 
 def bucketed_loader(exp: dict, dataset_dir: Path, latents: Path | None, info, check_frames):
     """Loader over `data.buckets`: batches of one (frames, height, width) each, sized to max_tokens."""
-    from longvid.dataset.buckets import BucketBatchSampler, plan_buckets
+    from longvid.dataset.buckets import BucketBatchSampler, plan_buckets, plan_for
 
     d, t = exp["data"], exp["train"]
-    if latents is not None:
-        raise InputError("data.buckets: needs data.latent_cache: false (the latent cache holds one size per clip)")
     if not d["max_tokens"]:
         raise InputError("data.max_tokens: required with data.buckets (the per-process token budget)")
     for i, (frames, _, _) in enumerate(d["buckets"]):
@@ -78,11 +76,17 @@ def bucketed_loader(exp: dict, dataset_dir: Path, latents: Path | None, info, ch
             check_frames(frames)
         except InputError as e:
             raise InputError(f"data.buckets[{i}]: {e}") from None
-    dataset = ClipData(Path(dataset_dir) / "train.jsonl", root=dataset_dir, num_frames=d["num_frames"],
-                       fps=d["fps"], height=d["height"], width=d["width"], text_key=d["text_key"],
-                       seed=t["seed"])
-    plan = plan_buckets(dataset.rows, d["buckets"], d["max_tokens"], fps=d["fps"])
-    dataset.set_sizes(plan.row_sizes)
+    if latents is not None:  # `longvid encode` encoded each clip at its bucket's size and recorded the bucket
+        dataset = LatentCacheDataset(latents)
+        if any("bucket" not in row for row in dataset.rows):
+            raise InputError(f"{latents}: written without data.buckets; run `longvid encode` with them")
+        plan = plan_for(d["buckets"], [row["bucket"] for row in dataset.rows], d["max_tokens"])
+    else:
+        dataset = ClipData(Path(dataset_dir) / "train.jsonl", root=dataset_dir, num_frames=d["num_frames"],
+                           fps=d["fps"], height=d["height"], width=d["width"], text_key=d["text_key"],
+                           seed=t["seed"])
+        plan = plan_buckets(dataset.rows, d["buckets"], d["max_tokens"], fps=d["fps"])
+        dataset.set_sizes(plan.row_sizes)
     sampler = BucketBatchSampler(plan, info.rank, info.world_size, seed=t["seed"])
     if info.is_main:
         log.info("buckets: %s", plan.summary())
