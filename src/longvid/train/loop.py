@@ -166,12 +166,13 @@ class Trainer:
             })
 
     # -- one optimisation step -------------------------------------------------------------------
-    def micro_step(self, batch: dict, micro: int) -> tuple[torch.Tensor, int, int]:
-        """(loss, video tokens, samples) of this process's micro-batch."""
+    def micro_step(self, batch: dict, offset: int) -> tuple[torch.Tensor, int, int]:
+        """(loss, video tokens, samples) of this process's micro-batch; `offset`: samples of the global
+        batch taken by the step's earlier micro-batches."""
         latents, context = self.dataset.latents_and_context(batch, self.encoders, self.device)
         # keyed by position in the global batch; with buckets, every rank's batch has the step's bucket size
         bs, world = latents.shape[0], self.info.world_size
-        first = micro * bs * world + self.info.rank * bs
+        first = offset + self.info.rank * bs
         gens = sample_generators(self.cfg["seed"], self.step, first, bs)
         noise, t, context = per_sample_randomness(gens, latents.shape, context.cpu(),
                                                   bs * world * self.cfg["grad_accum"], first,
@@ -187,8 +188,8 @@ class Trainer:
     def train_step(self, batches) -> tuple[float, int, int]:
         """One optimizer step: (mean loss, video tokens, samples), this process's share."""
         total, tokens, samples = 0.0, 0, 0
-        for micro in range(self.cfg["grad_accum"]):
-            loss, n_tokens, n_samples = self.micro_step(next(batches), micro)
+        for _ in range(self.cfg["grad_accum"]):
+            loss, n_tokens, n_samples = self.micro_step(next(batches), samples * self.info.world_size)
             if self.engine is not None:
                 self.engine.backward(loss)
             else:
