@@ -17,6 +17,7 @@ from longvid.ingest.synthetic import caption_of, render_shot
 from longvid.io import InputError
 from longvid.train.components import build_dit, build_encoders
 from longvid.train.export import export_model
+from test_tier2_metrics import clip_dir, extractor  # noqa: F401 - fixtures
 
 FPS = 8
 
@@ -121,3 +122,18 @@ def test_cli_writes_metrics_json(exp, model_dir, samples_dir, dataset_dir, tmp_p
     assert run(args) == 0
     written = json.loads(out.read_text())
     assert written["experiment"] == "tiny" and written["table"][0]["metric"] == "flicker"
+
+
+def test_tier2_runs_when_weights_are_configured(exp, model_dir, samples_dir, dataset_dir,
+                                                extractor, clip_dir):  # noqa: F811 - the fixtures imported above
+    configured = {**exp, "evaluate": {**exp["evaluate"],
+                                      "fvd": {"extractor_path": extractor, "extractor_kwargs": {}, "windows": 2,
+                                              "length": 8, "stride": 1},
+                                      "clip": {"model_path": clip_dir, "frames": 4}}}
+    result = evaluate(configured, model_dir, samples_dir, dataset_dir)
+    assert result["tier2"]["fvd"]["status"] == "ok" and result["tier2"]["clip_score"]["status"] == "ok"
+    assert result["tier2"]["vbench"]["status"] == "skipped"
+    table = by_metric(result)
+    assert table["fvd"]["samples"] > 0 and table["fvd"]["label"] == "FVD (2 windows x 8 frames, stride 1)"
+    assert table["clip_score"]["samples"] >= 0 and table["clip_score"]["reference"] is not None  # real clips too
+    assert result["tier2"]["fvd"]["sample_windows"] == 3 * 2 and result["tier2"]["fvd"]["reference_windows"] == 2 * 2

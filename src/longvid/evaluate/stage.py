@@ -96,7 +96,8 @@ def build_table(samples: list[dict], reference: list[dict], val: dict, tier2: di
                       f"{f['stride']})", "samples": f["value"], "reference": None, "better": "lower"})
     if tier2["clip_score"]["status"] == "ok":
         table.append({"metric": "clip_score", "label": "CLIPScore, frame-averaged (x100)",
-                      "samples": tier2["clip_score"]["value"], "reference": None, "better": "higher"})
+                      "samples": tier2["clip_score"]["value"], "reference": tier2["clip_score"].get("reference"),
+                      "better": "higher"})
     for dim, value in tier2["vbench"].get("dimensions", {}).items():
         table.append({"metric": f"vbench_{dim}", "label": f"VBench {dim}", "samples": value, "reference": None,
                       "better": "higher"})
@@ -154,6 +155,9 @@ def evaluate(exp: dict, model_dir: Path, samples_dir: Path, dataset_dir: Path, d
     tier2 = {"fvd": t2.fvd(cfg["fvd"], videos, reference_frames, dev),
              "clip_score": t2.clip_score(cfg["clip"], videos, prompts, dev),
              "vbench": t2.vbench(cfg["vbench"], [samples_dir / r["video"] for r in readable], prompts, dev)}
+    if tier2["clip_score"]["status"] == "ok" and clips:  # what real clips score against their captions
+        tier2["clip_score"]["reference"] = t2.clip_score(cfg["clip"], reference_frames, [c.text for c in clips],
+                                                         dev)["value"]
     for name, result in tier2.items():
         if result["status"] != "ok":
             log.info("tier 2 %s skipped: %s", name, result["reason"])
