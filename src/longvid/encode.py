@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from longvid.dataset.loader import VideoClipDataset
 from longvid.ingest.manifest import sha256_file
-from longvid.io import InputError, atomic_path, write_jsonl
+from longvid.io import atomic_path, write_jsonl
 from longvid.train.components import build_encoders
 from longvid.train.dist import barrier, cleanup, init_distributed
 
@@ -52,8 +52,6 @@ def bucket_assignment(d: dict, ds: VideoClipDataset) -> list[int | None]:
         return [0] * len(ds.rows)
     from longvid.dataset.buckets import plan_buckets
 
-    if not d["max_tokens"]:
-        raise InputError("data.max_tokens: required with data.buckets (the per-process token budget)")
     plan = plan_buckets(ds.rows, d["buckets"], d["max_tokens"], fps=d["fps"])
     ds.set_sizes(plan.row_sizes)
     return plan.assignment
@@ -69,21 +67,22 @@ def encode_split(exp: dict, jsonl: Path, root: Path, cache: Path, index: Path) -
     ds = VideoClipDataset(jsonl, root=root, num_frames=d["num_frames"], fps=d["fps"], height=d["height"],
                           width=d["width"], text_key=d["text_key"], random_start=False)
     assignment = bucket_assignment(d, ds)
+    # dataset rows with a bucket (all of them without buckets: a short clip is padded as in training)
+    used = [i for i, bucket in enumerate(assignment) if bucket is not None]
     rows, done = [], 0
-    for i, row in enumerate(ds.rows):
-        if assignment[i] is None:
-            continue  # shorter than every bucket (counted in the plan's warning)
+    for i in used:
         frames, height, width = ds.shape_of(i)
-        caption = json.dumps(row[d["text_key"]], sort_keys=True)  # a string, or a list of captions
+        caption = json.dumps(ds.rows[i][d["text_key"]], sort_keys=True)  # a string, or a list of captions
         key = entry_key(sha256_file(ds.paths[i]), caption, enc.identity, f"{frames}x{height}x{width}@{d['fps']}fps")
-        rows.append({"id": row.get("id", str(i)), "key": key, "file": os.path.relpath(entry_path(cache, key), index.parent),
-                     "row": i, **({"bucket": assignment[i]} if d.get("buckets") else {})})
+        rows.append({"id": ds.rows[i].get("id", str(i)), "key": key,
+                     "file": os.path.relpath(entry_path(cache, key), index.parent),
+                     **({"bucket": assignment[i]} if d.get("buckets") else {})})
     mine = [k for k in range(len(rows)) if k % info.world_size == info.rank]
     for k in tqdm(mine, desc="encode", unit="clip", disable=None if info.is_main else True):
         path = entry_path(cache, rows[k]["key"])
         if path.exists():
             continue
-        item = ds[rows[k]["row"]]
+        item = ds[used[k]]
         video = item["video"].to(info.device).permute(1, 0, 2, 3)[None]  # (1, 3, F, H, W)
         latents = enc.vae.encode(video)[0].permute(1, 0, 2, 3)  # (T, C, h, w)
         context = enc.text([item["text"]])[0]
@@ -94,7 +93,7 @@ def encode_split(exp: dict, jsonl: Path, root: Path, cache: Path, index: Path) -
         done += 1
     barrier()
     if info.is_main:
-        write_jsonl(index, [{k: v for k, v in r.items() if k != "row"} for r in rows])
+        write_jsonl(index, rows)
     log.info("encoded %d new clips of %d (%s)", done, len(rows), enc.identity)
     cleanup()
     return done

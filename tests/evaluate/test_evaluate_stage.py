@@ -109,7 +109,7 @@ def test_without_validation_clips_tier1_still_runs(exp, model_dir, samples_dir, 
 
 
 def test_missing_index_names_the_file(exp, model_dir, dataset_dir, tmp_path):
-    with pytest.raises(InputError, match=r"empty/index.json: missing; run the sample stage first"):
+    with pytest.raises(InputError, match=r"empty/index.json: samples index is missing"):
         evaluate(exp, model_dir, tmp_path / "empty", dataset_dir)
 
 

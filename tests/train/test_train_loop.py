@@ -178,6 +178,14 @@ def test_bucketed_training_resumes_bit_identical(bucketed_latents, tmp_path, cac
     assert all(torch.equal(got[k], want[k]) for k in want)
 
 
+def test_buckets_need_a_token_budget_in_the_config():
+    from longvid import config
+    from longvid.io import InputError
+
+    with pytest.raises(InputError, match=r"config/experiments/tiny.yaml: data: 'max_tokens' is a required"):
+        config.experiment("tiny", {"data": {"buckets": [[17, 48, 64]]}})
+
+
 def test_buckets_are_checked_against_the_windows_and_the_cache(latents, tmp_path):
     exp = json.loads(bucketed())
     exp["data"]["buckets"] = [[25, 48, 64]]  # 7 latent frames: 1 prefix + 6, not a multiple of windows of 4

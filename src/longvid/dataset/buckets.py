@@ -119,8 +119,8 @@ def plan_buckets(rows: Sequence[dict], buckets: Sequence[Sequence[int]], max_tok
 def plan_for(buckets: Sequence[Sequence[int]], assignment: Sequence[int | None], max_tokens: int,
              temporal_compression: int = 4, spatial_compression: int = 8, patch_size: int = 2) -> BucketPlan:
     """The plan of a known assignment (e.g. the one `longvid encode` recorded in a latent index)."""
-    if max_tokens < 1:
-        raise InputError(f"max_tokens must be positive, got {max_tokens}")
+    if not isinstance(max_tokens, int) or max_tokens < 1:
+        raise InputError(f"max_tokens must be a positive integer (the per-process token budget), got {max_tokens!r}")
     buckets = check_buckets(buckets, spatial_compression * patch_size)
     tokens = [latent_tokens(*b, temporal_compression, spatial_compression, patch_size) for b in buckets]
     batch_sizes = [max(1, max_tokens // t) for t in tokens]

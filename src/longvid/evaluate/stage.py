@@ -47,19 +47,6 @@ def read_video(path: Path) -> np.ndarray:
         raise InputError(f"{path}: unreadable video ({type(e).__name__}: {e})") from None
 
 
-def read_samples(samples_dir: Path) -> list[dict]:
-    index = samples_dir / "index.json"
-    try:
-        rows = json.loads(index.read_text())["samples"]
-    except FileNotFoundError:
-        raise InputError(f"{index}: missing; run the sample stage first") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise InputError(f"{index}: not a samples index ({type(e).__name__}: {e})") from None
-    if not rows:
-        raise InputError(f"{index}: lists no samples")
-    return rows
-
-
 def mean_of(rows: list[dict], key: str) -> float | None:
     values = [r[key] for r in rows if r.get(key) is not None and not math.isnan(r[key])]
     return float(np.mean(values)) if values else None
@@ -110,9 +97,12 @@ def evaluate(exp: dict, model_dir: Path, samples_dir: Path, dataset_dir: Path, d
     from longvid.evaluate import tier2 as t2
     from longvid.evaluate.val_loss import load_val_clips, validation_loss
     from longvid.sample import checkpoint_identity
+    from longvid.sample_index import read_index
 
     cfg, dev = exp["evaluate"], torch.device(device)
-    rows = read_samples(samples_dir)
+    rows = read_index(samples_dir)
+    if not rows:
+        raise InputError(f"{samples_dir / 'index.json'}: lists no samples")
     checkpoint = checkpoint_identity(model_dir)
     per_sample, readable, videos = [], [], []
     for r in rows:
@@ -153,11 +143,9 @@ def evaluate(exp: dict, model_dir: Path, samples_dir: Path, dataset_dir: Path, d
         log.info("validation loss %.4f over %d clips", val["mean"], val["clips"])
 
     tier2 = {"fvd": t2.fvd(cfg["fvd"], videos, reference_frames, dev),
-             "clip_score": t2.clip_score(cfg["clip"], videos, prompts, dev),
+             "clip_score": t2.clip_score(cfg["clip"], videos, prompts, dev,
+                                         reference=(reference_frames, [c.text for c in clips])),
              "vbench": t2.vbench(cfg["vbench"], [samples_dir / r["video"] for r in readable], prompts, dev)}
-    if tier2["clip_score"]["status"] == "ok" and clips:  # what real clips score against their captions
-        tier2["clip_score"]["reference"] = t2.clip_score(cfg["clip"], reference_frames, [c.text for c in clips],
-                                                         dev)["value"]
     for name, result in tier2.items():
         if result["status"] != "ok":
             log.info("tier 2 %s skipped: %s", name, result["reason"])

@@ -89,7 +89,10 @@ def fvd(cfg: dict | None, samples: list[np.ndarray], reference: list[np.ndarray]
 
 
 @torch.no_grad()
-def clip_score(cfg: dict | None, samples: list[np.ndarray], prompts: list[str], device: torch.device) -> dict:
+def clip_score(cfg: dict | None, samples: list[np.ndarray], prompts: list[str], device: torch.device,
+               reference: tuple[list[np.ndarray], list[str]] | None = None) -> dict:
+    """Samples against their prompts; with `reference` (videos, captions), those too, as
+    "reference": what real clips score, with the model loaded once."""
     if cfg is None:
         return skipped("evaluate.clip not configured (needs model_path)")
     path = Path(cfg["model_path"])
@@ -102,18 +105,22 @@ def clip_score(cfg: dict | None, samples: list[np.ndarray], prompts: list[str], 
         processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
     except Exception as e:  # noqa: BLE001
         return skipped(f"evaluate.clip.model_path: {path}: {type(e).__name__}: {e}")
-    per_video = []
-    for frames, prompt in zip(samples, prompts):
+
+    def score(frames: np.ndarray, prompt: str) -> float:
         picks = frames[np.linspace(0, len(frames) - 1, min(cfg["frames"], len(frames))).round().astype(int)]
         inputs = processor(text=[prompt], images=list(picks), return_tensors="pt", padding=True, truncation=True,
                            max_length=model.config.text_config.max_position_embeddings)
-        inputs = {k: v.to(device) for k, v in inputs.items()}
-        out = model(**inputs)
+        out = model(**{k: v.to(device) for k, v in inputs.items()})
         image = torch.nn.functional.normalize(out.image_embeds.float(), dim=-1)
         text = torch.nn.functional.normalize(out.text_embeds.float(), dim=-1)
-        per_video.append(float((image @ text.T).clamp(min=0).mean() * 100))
-    return {"status": "ok", "value": float(np.mean(per_video)), "per_sample": per_video, "frames": cfg["frames"],
-            "model": str(path)}
+        return float((image @ text.T).clamp(min=0).mean() * 100)
+
+    per_video = [score(v, p) for v, p in zip(samples, prompts)]
+    result = {"status": "ok", "value": float(np.mean(per_video)), "per_sample": per_video, "frames": cfg["frames"],
+              "model": str(path)}
+    if reference and reference[0]:
+        result["reference"] = float(np.mean([score(v, p) for v, p in zip(*reference)]))
+    return result
 
 
 def vbench(cfg: dict | None, videos: list[Path], prompts: list[str], device: torch.device) -> dict:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from longvid.io import InputError, json_object
+from longvid.io import json_object
+from longvid.sample_index import read_index
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +50,6 @@ def read_json(path: Path) -> dict | None:
         log.info("%s: not found; the report notes it as not available", path)
         return None
     return json_object(text, str(path))
-
-
-def read_samples(samples_dir: Path) -> list[dict]:
-    path = samples_dir / "index.json"
-    if not path.is_file():
-        raise InputError(f"{path}: samples index is missing (run `longvid sample` first)")
-    index = read_json(path)
-    samples = index.get("samples")
-    if not isinstance(samples, list) or not all(isinstance(s, dict) and "video" in s for s in samples):
-        raise InputError(f"{path}: 'samples' must be a list of sidecars, each naming its 'video'")
-    return samples
 
 
 def read_training_log(path: Path) -> list[dict]:
@@ -116,7 +106,7 @@ def finite(x: Any) -> bool:
 def gather(name: str, experiment: dict, samples_dir: Path, dataset_dir: Path | None = None,
            run_dir: Path | None = None, metrics: Path | None = None) -> ReportInputs:
     inputs = ReportInputs(name=name, experiment=experiment, samples_dir=samples_dir,
-                          samples=read_samples(samples_dir), dataset_dir=dataset_dir, run_dir=run_dir,
+                          samples=read_index(samples_dir), dataset_dir=dataset_dir, run_dir=run_dir,
                           metrics_path=metrics)
     if dataset_dir is not None:
         inputs.dataset_stats = read_json(dataset_dir / "stats.json")

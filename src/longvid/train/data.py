@@ -69,8 +69,6 @@ def bucketed_loader(exp: dict, dataset_dir: Path, latents: Path | None, info, ch
     from longvid.dataset.buckets import BucketBatchSampler, plan_buckets, plan_for
 
     d, t = exp["data"], exp["train"]
-    if not d["max_tokens"]:
-        raise InputError("data.max_tokens: required with data.buckets (the per-process token budget)")
     for i, (frames, _, _) in enumerate(d["buckets"]):
         try:
             check_frames(frames)
