@@ -56,14 +56,16 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
     return n
 
 
-def json_object(text: str, where: str) -> dict:
-    """`text` parsed as a JSON object; anything else is an InputError naming `where` (file[:line])."""
+def json_object(text: str, where: str, kind: type = dict):
+    """`text` parsed as a JSON object (or, with kind=list, a JSON list); anything else is an
+    InputError naming `where` (file[:line])."""
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"{where}: not valid JSON ({e.msg})") from None
-    if not isinstance(obj, dict):
-        raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    if not isinstance(obj, kind):
+        raise InputError(f"{where}: expected a JSON {'object' if kind is dict else kind.__name__}, "
+                         f"got {type(obj).__name__}")
     return obj
 
 

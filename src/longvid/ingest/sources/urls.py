@@ -35,7 +35,7 @@ from pathlib import Path
 
 from longvid.ingest import manifest
 from longvid.ingest.sources.download import download_all, redact
-from longvid.io import InputError
+from longvid.io import InputError, json_object
 
 ENTRY_KEYS = ("url", "sha256", "bytes", "caption", "captions", "meta", "source")
 
@@ -101,12 +101,7 @@ def _list_file(path: Path):
             for row in reader:
                 yield row, f"{path}:{reader.line_num}"
         elif suffix == ".json":
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}: not valid JSON ({e.msg})") from None
-            if not isinstance(data, list):
-                raise InputError(f"{path}: expected a JSON list of entries")
+            data = json_object(f.read(), str(path), kind=list)
             yield from ((raw, f"{path}[{i}]") for i, raw in enumerate(data))
         elif suffix == ".jsonl":
             for lineno, line in enumerate(f, 1):
