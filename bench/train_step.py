@@ -37,7 +37,7 @@ def measure(name: str, steps: int, device: str) -> dict:
     from longvid import config as lvconfig
     from longvid.diffusion.loss import diffusion_loss
     from longvid.models.regimes import param_groups
-    from longvid.train.components import build_dit, build_encoders, build_schedule
+    from longvid.runtime import build_dit, build_encoders, build_schedule
 
     exp = lvconfig.experiment("tiny", CONFIGS[name])
     enc = build_encoders(exp)

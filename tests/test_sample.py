@@ -18,7 +18,6 @@ import torch
 
 import longvid.sample
 from longvid import config
-from longvid.ingest.ffmpeg import encode_frames
 from longvid.io import InputError
 from longvid.sample import (
     Prompt,
@@ -33,8 +32,9 @@ from longvid.sample import (
     shard,
     write_index,
 )
-from longvid.train.components import build_dit, build_encoders
-from longvid.train.export import export_model
+from longvid.runtime import build_dit, build_encoders
+from longvid.models.export import export_model
+from longvid.video import encode_frames, read_video
 
 PROMPTS = ["a red circle moves right", "a blue square moves left", "a green circle moves up"]
 
@@ -68,11 +68,6 @@ def sampler(model_dir) -> VideoSampler:
 def write_prompts(path: Path, lines: list[str]) -> Path:
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def read_video(path: Path) -> np.ndarray:
-    with av.open(str(path)) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
 
 
 def luma(frames: np.ndarray) -> np.ndarray:

@@ -1,8 +1,9 @@
-"""`longvid <stage> ...`: one subcommand per pipeline stage; every Snakemake rule calls one.
+"""`longvid <stage> ...`: one subcommand per pipeline stage (and a few tools); every rule runs one.
 
-Stage modules are imported lazily so `longvid --help` stays fast and a stage's heavy imports
-(torch, cv2, dvc) are paid only by the stage that needs them. A stage module provides
-`add_arguments(parser)` and `run(args) -> int | None`, and its docstring is the `--help` text.
+A subcommand is the module `longvid.stages.<name>`: its docstring is the help, `add_arguments`
+its flags, `run(args) -> int | None` the work. Only the chosen stage's module is imported, and it
+imports its heavy dependencies (torch, cv2, dvc) itself. An InputError becomes one line on stderr
+and exit status 2; run with `python -m longvid` or the `longvid` script.
 """
 
 from __future__ import annotations
@@ -12,65 +13,31 @@ import importlib
 import logging
 import sys
 
-from longvid.io import InputError
-from longvid.train.accounting import LOG_DATEFMT, LOG_FORMAT
+from longvid.io import LOG_DATEFMT, LOG_FORMAT, InputError
 
-# subcommand -> module. Order is the order of the pipeline.
-STAGES: dict[str, str] = {
-    "fetch": "longvid.ingest.fetch",
-    "shard": "longvid.ingest.shard",
-    "probe": "longvid.ingest.probe",
-    "split": "longvid.ingest.split",
-    "filter": "longvid.ingest.filters",
-    "caption": "longvid.caption.stage",
-    "dataset": "longvid.dataset.build",
-    "publish": "longvid.dvc_publish",
-    "encode": "longvid.encode",
-    "train": "longvid.train.loop",
-    "sample": "longvid.sample",
-    "evaluate": "longvid.evaluate.stage",
-    "report": "longvid.report.html",
-    "viz-data": "longvid.dataset.viz",
-    "runtime-report": "longvid.train.accounting",
-    "config": "longvid.config",
-}
+# subcommand -> module under longvid.stages, in pipeline order; then the tools.
+STAGES = ["fetch", "shard", "probe", "split", "filter", "caption", "dataset", "publish",
+          "encode", "train", "sample", "evaluate", "report"]
+TOOLS = ["viz-data", "runtime-report", "config"]
 
 
-STAGES_HELP = {
-    "longvid.ingest.fetch": "materialise a dataset's source videos and write its manifest",
-    "longvid.ingest.shard": "split a manifest into fixed-size shards (the unit of every data job)",
-    "longvid.ingest.probe": "decode every video of a shard: frames, fps, size, codec, errors",
-    "longvid.ingest.split": "detect scenes and cut frame-accurate clips",
-    "longvid.ingest.filters": "score clips (length, resolution, aspect, motion) and keep or reject them",
-    "longvid.caption.stage": "attach captions to kept clips (passthrough or a VLM endpoint)",
-    "longvid.dataset.build": "gather shards into train/val JSONL with stats and plots",
-    "longvid.dvc_publish": "version a built dataset (or raw data) with DVC and push it",
-    "longvid.encode": "precompute VAE latents and text embeddings into a content-addressed cache",
-    "longvid.train.loop": "train an experiment's model (CPU or GPUs; DeepSpeed optional; resumes itself)",
-    "longvid.sample": "render videos from a trained model: recorded seeds, sidecars, resumable, sharded",
-    "longvid.evaluate.stage": "score samples: flicker, motion, warping, prompted colour/direction, val loss, tier 2",
-    "longvid.report.html": "one self-contained HTML page: dataset, loss curves, metrics, sample videos",
-    "longvid.dataset.viz": "write what the model sees (sampled, resized, cropped clips) to mp4",
-    "longvid.train.accounting": "wall time lost to queueing, preemption and restarts, from training logs",
-    "longvid.config": "print the resolved, validated configuration",
-}
+def stage_module(name: str):
+    return importlib.import_module(f"longvid.stages.{name.replace('-', '_')}")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `only`, just that subcommand's flags are built (the others get one line)."""
     parser = argparse.ArgumentParser(prog="longvid", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="stage", metavar="<stage>", required=True)
-    for name, module_name in STAGES.items():
+    for name in STAGES + TOOLS:
+        module = stage_module(name)
+        summary = module.__doc__.strip().split("\n\n")[0].replace("\n", " ").split(". ")[0].rstrip(".")
         if only is not None and name != only:
-            sub.add_parser(name, help=STAGES_HELP[module_name])
+            sub.add_parser(name, help=summary)
             continue
-        module = importlib.import_module(module_name)
-        p = sub.add_parser(
-            name,
-            help=STAGES_HELP[module_name],
-            description=module.__doc__,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
+        p = sub.add_parser(name, help=summary, description=module.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
@@ -79,9 +46,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     stage = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(only=stage if stage in STAGES else "")
+    parser = build_parser(only=stage if stage in STAGES + TOOLS else "")
     args = parser.parse_args(argv)
-    # ISO timestamps with zone: `longvid runtime-report` reads these logs back.
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT,
                         datefmt=LOG_DATEFMT)
     try:

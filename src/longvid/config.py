@@ -1,7 +1,7 @@
 """Configuration: config/config.yaml composes datasets and experiments by name.
 
 `datasets: {shapes: {filter: {min_motion: 0.2}}}` means: load config/datasets/shapes.yaml, deep-merge
-the overrides over it, validate against workflow/schemas/dataset.schema.yaml (which also fills in
+the overrides over it, validate against longvid/schemas/dataset.schema.yaml (which also fills in
 defaults). Any unknown key or bad value fails here — before a job runs — with a message naming the
 file and the key path. The Snakefile and `longvid config` both use this module.
 """
@@ -9,6 +9,7 @@ file and the key path. The Snakefile and `longvid config` both use this module.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from pathlib import Path
 
@@ -17,15 +18,10 @@ import yaml
 
 from longvid.io import InputError
 
-def _find_root() -> Path:
-    """The checkout holding config/ and workflow/: the working directory, else the source tree."""
-    for cand in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        if (cand / "workflow" / "schemas").is_dir():
-            return cand
-    return Path.cwd()
-
-
-ROOT = _find_root()
+# The JSON-Schemas ship inside the package: stages validate from any working directory and from a
+# non-editable install. `root` (the directory holding config/) is always the caller's to give.
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+ROOT = Path.cwd()
 
 
 def load_yaml(path: Path) -> dict:
@@ -65,18 +61,29 @@ Validator = _with_defaults(jsonschema.Draft202012Validator)
 
 
 def validate(obj: dict, schema_name: str, where: str, root: Path = ROOT) -> dict:
-    """Validate (and fill defaults into) a copy of `obj`; raise InputError naming the key."""
-    schema = yaml.safe_load((Path(root) / "workflow" / "schemas" / schema_name).read_text())
+    """Validate (and fill defaults into) a copy of `obj`; raise InputError naming the key (prefixed
+    with `where` unless it is empty)."""
+    import difflib  # only to suggest the key a typo meant
+    schema = yaml.safe_load((SCHEMAS / schema_name).read_text())
     obj = copy.deepcopy(obj)
     errors = sorted(Validator(schema).iter_errors(obj), key=lambda e: list(e.absolute_path))
     if errors:
         e = errors[0]
-        key = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+        at = [*map(str, e.absolute_path)]
+        key = ".".join(at) or "(top level)"
+        prefix = f"{where}: " if where else ""
+        known = e.schema.get("properties", {}) if isinstance(e.schema, dict) else {}
         if e.validator == "additionalProperties":
-            extra = sorted(set(e.instance) - set(e.schema.get("properties", {})))
-            key = ".".join([*map(str, e.absolute_path), extra[0]]) if extra else key
-            raise InputError(f"{where}: {key}: unknown key")
-        raise InputError(f"{where}: {key}: {e.message}")
+            extra = sorted(set(e.instance) - set(known))
+            if extra:
+                close = difflib.get_close_matches(extra[0], known, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(known)})"
+                raise InputError(f"{prefix}{'.'.join([*at, extra[0]])}: unknown key{hint}")
+        if e.validator == "required":  # name the missing key itself, and what it is for
+            missing = next(k for k in e.validator_value if k not in e.instance)
+            what = known.get(missing, {}).get("description")
+            raise InputError(f"{prefix}{'.'.join([*at, missing])}: required" + (f" ({what})" if what else ""))
+        raise InputError(f"{prefix}{key}: {e.message}")
     return obj
 
 
@@ -100,6 +107,23 @@ def dataset(name: str, overrides: dict | None = None, root: Path = ROOT) -> dict
     return cfg
 
 
+def source(section: dict) -> dict:
+    """A `source` section checked against its type's keys, with that type's defaults filled in.
+    Every fetch adapter starts with this, so the schema is the only place defaults live, also for a
+    section handed to an adapter directly (tests, benches). Idempotent on a resolved section."""
+    return validate({"source": section}, "dataset.schema.yaml", "")["source"]
+
+
+def dvc_tracked(name: str, overrides: dict | None = None, root: Path = ROOT) -> bool:
+    """Whether dataset `name` is pulled from DVC (data/datasets/<name>.dvc, and dvc.pull) instead of
+    built. A dataset without a .dvc file answers False without its config being read, so a broken
+    config/datasets/*.yaml breaks only the targets that use it; only one with a .dvc file is resolved
+    (for its dvc.pull)."""
+    if not (Path(root) / "data" / "datasets" / f"{name}.dvc").is_file():
+        return False
+    return bool(dataset(name, overrides, root)["dvc"]["pull"])
+
+
 def experiment(name: str, overrides: dict | None = None, root: Path = ROOT) -> dict:
     path = Path(root) / "config" / "experiments" / f"{name}.yaml"
     if not path.exists():
@@ -114,20 +138,114 @@ def experiment(name: str, overrides: dict | None = None, root: Path = ROOT) -> d
     return cfg
 
 
-def add_arguments(p) -> None:
-    p.add_argument("--configfile", type=Path, default=ROOT / "config" / "config.yaml")
-    p.add_argument("--dataset", help="print only this dataset's resolved section")
-    p.add_argument("--experiment", help="print only this experiment's resolved section")
+# ---- what determines each stage ------------------------------------------------------------------
+# Defined once, torch-free: the workflow's rerun trigger (a digest of these inputs) and the trainer's
+# run identity both come from here. A stage is given only these sections, so it cannot read a key
+# whose change would not rerun it.
+
+# Bump a stage's number when what it writes changes meaning (a fixed algorithm, a new column): the
+# workflow then reruns that stage, and through its outputs everything downstream, and nothing else.
+STAGE_VERSIONS = {"fetch": 1, "shard": 1, "probe": 1, "split": 1, "filter": 1, "caption": 1, "dataset": 1,
+                  "publish": 1, "encode": 1, "train": 1, "sample": 1, "evaluate": 1, "report": 1}
+
+# Data stages: the dataset config sections each one reads (shard reads the top-level shard_size).
+DATASET_STAGES = {"fetch": ("source",), "shard": (), "probe": (), "split": ("split",), "filter": ("filter",),
+                  "caption": ("caption",), "dataset": ("dataset",), "publish": ("dvc",)}
+
+# Model stages: what of the experiment each reads. Later stages read everything earlier ones do.
+EXPERIMENT_STAGES = {
+    "encode": {"only": ("dataset", "data", "model.vae", "model.text")},
+    "train": {"except": ("sample", "evaluate", "description")},
+    "sample": {"except": ("evaluate", "description")},
+    "evaluate": {"except": ("description",)},
+    "report": {"except": ()},
+}
+
+# Training settings that do not change what a step computes: a run with only these changed resumes
+# from its checkpoints (asking for more `steps` continues training rather than starting over).
+RESUMABLE_TRAIN_KEYS = ("steps", "save_every", "keep_last", "log_every", "wandb_project")
 
 
-def run(args) -> int:
-    raw = load_yaml(args.configfile)
-    cfg = resolve(raw)
-    if args.dataset:
-        out = dataset(args.dataset, raw.get("datasets", {}).get(args.dataset))
-    elif args.experiment:
-        out = experiment(args.experiment, raw.get("experiments", {}).get(args.experiment))
+def _pick(cfg: dict, dotted: str, out: dict) -> None:
+    head, _, rest = dotted.partition(".")
+    if not rest:
+        out[head] = copy.deepcopy(cfg[head])
     else:
-        out = cfg
-    print(json.dumps(out, indent=2))
-    return 0
+        _pick(cfg[head], rest, out.setdefault(head, {}))
+
+
+def stage_inputs(kind: str, cfg: dict, stage: str, top: dict | None = None) -> dict:
+    """The part of a resolved dataset (kind "dataset") or experiment config that `stage` reads, plus
+    the stage's code version. `top`: the resolved config.yaml (for the shard size)."""
+    if kind == "dataset":
+        out = {k: copy.deepcopy(cfg[k]) for k in DATASET_STAGES[stage]}
+        if stage == "shard":
+            out["shard_size"] = (top or validate({}, "config.schema.yaml", "config"))["shard_size"]
+    else:
+        rule = EXPERIMENT_STAGES[stage]
+        out = {}
+        if "only" in rule:
+            for key in rule["only"]:
+                _pick(cfg, key, out)
+        else:
+            out = {k: copy.deepcopy(v) for k, v in cfg.items() if k not in rule["except"]}
+    return {**out, "stage_version": STAGE_VERSIONS[stage]}
+
+
+def training_identity(exp: dict) -> dict:
+    """What determines a training trajectory: train's inputs without the resumable keys."""
+    inputs = stage_inputs("experiment", exp, "train")
+    inputs["train"] = {k: v for k, v in inputs["train"].items() if k not in RESUMABLE_TRAIN_KEYS}
+    return inputs
+
+
+def digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# ---- handing a stage its config ------------------------------------------------------------------
+# The workflow resolves config once (at parse time, with every --config/--configfile override) and
+# writes each stage's inputs to a file named by their digest; the rule passes that file, and its
+# path - changing exactly when the inputs change - is the rule's rerun trigger. A person runs the
+# same stage by name instead (`longvid split --dataset shapes --shard s00000`), resolved here.
+
+def stage_config_path(kind: str, name: str, stage: str, inputs: dict) -> Path:
+    return Path("results") / "config" / f"{kind}s" / name / f"{stage}-{digest(inputs)}.json"
+
+
+def write_stage_config(kind: str, name: str, stage: str, inputs: dict, root: Path = ROOT) -> Path:
+    """Write a stage's inputs to their digest-named file (once: same name, same content)."""
+    rel = stage_config_path(kind, name, stage, inputs)
+    path = Path(root) / rel
+    if not path.exists():
+        from longvid.io import write_json
+
+        write_json(path, {"kind": kind, "name": name, "stage": stage, "config": inputs})
+    return rel
+
+
+def read_stage_config(path: Path, kind: str, stage: str) -> dict:
+    from longvid.io import json_object
+
+    try:
+        obj = json_object(Path(path).read_text(), str(path))
+    except OSError as e:
+        raise InputError(f"{path}: unreadable stage config ({e.strerror})") from None
+    if obj.get("kind") != kind or obj.get("stage") != stage or not isinstance(obj.get("config"), dict):
+        raise InputError(f"{path}: not a {kind} config of stage {stage} "
+                         f"(it is {obj.get('kind')!r}/{obj.get('stage')!r})")
+    return obj["config"]
+
+
+def by_name(kind: str, name: str, stage: str, configfile: Path | None = None) -> dict:
+    """Resolve `stage`'s inputs for dataset or experiment `name` from config files, as the workflow
+    does: config/{kind}s/<name>.yaml with the overrides of `configfile` (default config/config.yaml)."""
+    configfile = Path(configfile or ROOT / "config" / "config.yaml")
+    raw = load_yaml(configfile) if configfile.exists() else {}
+    root = configfile.resolve().parent.parent
+    top = validate(raw, "config.schema.yaml", str(configfile))
+    if kind == "dataset":
+        cfg = dataset(name, top["datasets"].get(name), root)
+    else:
+        cfg = experiment(name, top["experiments"].get(name), root)
+    return stage_inputs(kind, cfg, stage, top)

@@ -1,9 +1,5 @@
-"""Version a built dataset (or raw data) with DVC: `dvc add`, then `dvc push` to the default remote.
-
-Writes `<path>.dvc` next to the directory; commit it to git so colleagues can `dvc pull` exactly this
-version. Without a configured remote, the data is only added to the local DVC cache (a warning says
-so). From then on the workflow uses the versioned dataset (see workflow/rules/dataset.smk).
-"""
+"""DVC for datasets: publish a directory (`dvc add`, then `dvc push` to the default remote) and read
+the version a `.dvc` file records."""
 
 from __future__ import annotations
 
@@ -44,11 +40,15 @@ def publish(path: Path, push: bool) -> Path:
     return dot_dvc
 
 
-def add_arguments(p) -> None:
-    p.add_argument("--path", required=True, type=Path, help="directory to version, e.g. data/datasets/shapes")
-    p.add_argument("--push", action="store_true", help="push to the default DVC remote when one is configured")
+def dataset_version(path: Path) -> str | None:
+    """The DVC hash `<path>.dvc` records for a versioned directory, else None."""
+    dvc_file = Path(path).with_name(Path(path).name + ".dvc")
+    if not dvc_file.exists():
+        return None
+    import yaml
 
-
-def run(args) -> int:
-    publish(args.path, args.push)
-    return 0
+    try:
+        outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or []
+    except yaml.YAMLError as e:
+        raise InputError(f"{dvc_file}: invalid YAML ({' '.join(str(e).split())})") from None
+    return next((o.get("md5") for o in outs if isinstance(o, dict) and o.get("md5")), None)

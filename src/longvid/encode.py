@@ -28,10 +28,10 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from longvid.dataset.loader import VideoClipDataset
-from longvid.ingest.manifest import sha256_file
+from longvid.io import sha256_file
 from longvid.io import atomic_path, write_jsonl
-from longvid.train.components import build_encoders
-from longvid.train.dist import barrier, cleanup, init_distributed
+from longvid.runtime import build_encoders
+from longvid.dist import barrier, cleanup, init_distributed
 
 log = logging.getLogger(__name__)
 DTYPE = "float32"
@@ -97,17 +97,3 @@ def encode_split(exp: dict, jsonl: Path, root: Path, cache: Path, index: Path) -
     log.info("encoded %d new clips of %d (%s)", done, len(rows), enc.identity)
     cleanup()
     return done
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--experiment", required=True, help="resolved experiment config, as JSON")
-    p.add_argument("--dataset-dir", required=True, type=Path, help="data/datasets/{dataset}")
-    p.add_argument("--split", default="train", choices=["train", "val"])
-    p.add_argument("--cache", type=Path, default=Path("data/latents/cache"), help="content-addressed store")
-    p.add_argument("--index", required=True, type=Path, help="output: index of this split's entries (JSONL)")
-
-
-def run(args) -> int:
-    exp = json.loads(args.experiment)
-    encode_split(exp, args.dataset_dir / f"{args.split}.jsonl", args.dataset_dir, args.cache, args.index)
-    return 0

@@ -10,14 +10,43 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 
+# Every stage's log lines: an ISO timestamp with zone first, so `longvid runtime-report` can read
+# the attempts of a training run back.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_DATEFMT = "%Y-%m-%dT%H:%M:%S%z"
+
+
 class InputError(ValueError):
     """Bad user input. The message is one line naming the file/key and the problem."""
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one log/table line: its type and message, whitespace collapsed."""
+    return " ".join(f"{type(e).__name__}: {e}".split())
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Hard-link `src` to `dst` (replacing it), or copy across file systems."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 @contextlib.contextmanager

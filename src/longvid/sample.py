@@ -24,11 +24,8 @@ The unconditional branch of classifier-free guidance uses the negative prompt's 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from longvid.io import InputError, atomic_path, write_json
+from longvid.io import InputError, atomic_path, link_or_copy, sha256_file, write_json
+from longvid.models.export import model_identity
+from longvid.video import encode_frames, first_frame, to_uint8
 
 log = logging.getLogger(__name__)
 I2V_SIZES = ("5b-i2v",)
@@ -104,28 +103,6 @@ def shard(num_items: int, rank: int, world_size: int) -> list[int]:
     return list(range(rank, num_items, world_size))
 
 
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def checkpoint_identity(model_dir: Path) -> dict:
-    """Step and weight hash of an exported model: a retrained model at the same path and step still
-    gets new samples."""
-    if not model_dir.is_dir():
-        raise InputError(f"{model_dir}: model directory does not exist (expected an exported model, "
-                         "results/train/{experiment}/final)")
-    config, weights = model_dir / "config.json", model_dir / "model.safetensors"
-    for f in (config, weights):
-        if not f.is_file():
-            raise InputError(f"{f}: missing; not an exported longvid model")
-    try:
-        step = json.loads(config.read_text())["step"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise InputError(f"{config}: unreadable exported model config ({type(e).__name__}: {e})") from None
-    return {"step": step, "sha256": sha256_file(weights)}
-
-
 def sample_settings(exp: dict) -> dict:
     """What the experiment contributes to every video's settings, validated."""
     s, d = exp["sample"], exp["data"]
@@ -166,41 +143,16 @@ def is_done(stem: Path, settings: dict) -> bool:
         return False  # a damaged sidecar: regenerate
 
 
-def first_frame(path: Path, height: int, width: int, where: str) -> np.ndarray:
-    """Frame 0 of an image or video as uint8 (height, width, 3), resized to cover and center-cropped
-    as training clips are."""
-    import av
-
-    from longvid.dataset.loader import cover_size
-
-    try:
-        with av.open(str(path)) as c:
-            frame = next(c.decode(video=0))
-    except (av.FFmpegError, StopIteration, IndexError) as e:
-        raise InputError(f"{where}: I2V image {path} is unreadable ({type(e).__name__}: {e})") from None
-    rh, rw = cover_size(frame.height, frame.width, height, width)
-    arr = frame.reformat(width=rw, height=rh, format="rgb24", interpolation="BICUBIC").to_ndarray()
-    top, left = (rh - height) // 2, (rw - width) // 2
-    return arr[top:top + height, left:left + width]
-
-
 class VideoSampler:
     """The model, its encoders and the guidance of one experiment, on one device."""
 
     def __init__(self, exp: dict, model_dir: Path, device: torch.device):
         from longvid.diffusion.samplers import Guidance
-        from longvid.train.components import build_encoders, build_schedule
-        from longvid.train.export import load_model
+        from longvid.runtime import Pipeline
 
         self.exp, self.device, self.s = exp, device, sample_settings(exp)
-        self.model, self.meta = load_model(model_dir, device=device)
-        if self.meta.get("experiment", {}).get("model") != exp["model"]:
-            log.warning("%s was trained with another model section than the experiment given "
-                        "(encoders, size or variant differ)", model_dir)
-        self.enc = build_encoders(exp)
-        self.enc.vae.to(device)
-        self.enc.text.to(device)
-        self.schedule = build_schedule(exp)
+        pipe = Pipeline.load(model_dir, exp, device)
+        self.model, self.meta, self.enc, self.schedule = pipe.model, pipe.meta, pipe.encoders, pipe.schedule
         self.guidance = Guidance(scale=float(self.s["cfg"]), dynamic=self.s["dynamic_cfg"])
         neg = self.s["negative_prompt"]
         self.uncond = self.enc.text([neg]) if neg.strip() else None  # None: the sampler's zeros
@@ -235,7 +187,6 @@ class VideoSampler:
     @torch.no_grad()
     def generate(self, prompt: Prompt, seed: int) -> tuple[torch.Tensor, np.ndarray]:
         """(latents (1, T, C, h, w), uint8 frames (F, H, W, 3)) for one video."""
-        from longvid.dataset.viz import to_uint8
         from longvid.diffusion.samplers import sample
 
         generator = torch.Generator("cpu").manual_seed(seed)  # noise drawn on CPU: same on any device
@@ -259,8 +210,6 @@ class VideoSampler:
 def write_video(stem: Path, frames: np.ndarray, fps: float, sidecar: dict) -> None:
     """Old sidecar out, then the mp4, then the new sidecar, each atomic: wherever a run is killed, a
     sidecar only ever sits beside the complete video it describes."""
-    from longvid.ingest.ffmpeg import encode_frames
-
     stem.with_suffix(".json").unlink(missing_ok=True)
     with atomic_path(stem.with_suffix(".mp4")) as tmp:
         encode_frames(tmp, frames, fps)
@@ -274,7 +223,7 @@ def plan(exp: dict, model_dir: Path, prompts_path: Path) -> list[Item]:
     """Every video of the run with its settings, validated before anything is generated."""
     common = sample_settings(exp)
     prompts = read_prompts(prompts_path, i2v=exp["model"]["size"] in I2V_SIZES)
-    checkpoint = {**checkpoint_identity(model_dir), "path": str(model_dir)}
+    checkpoint = {**model_identity(model_dir), "path": str(model_dir)}
     cond_sha = {}
     for p in prompts:
         if p.condition is not None and p.condition not in cond_sha:
@@ -328,37 +277,23 @@ def publish(items: list[Item], work_dir: Path, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [Path(settings["video"]).stem + suffix for _, _, settings in items for suffix in (".mp4", ".json")]
     for name in [*names, "index.json"]:
-        src, dst = work_dir / name, out_dir / name
-        dst.unlink(missing_ok=True)
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
+        link_or_copy(work_dir / name, out_dir / name)
     return out_dir / "index.json"
 
 
-def add_arguments(p) -> None:
-    p.add_argument("--experiment", required=True, help="resolved experiment config, as JSON")
-    p.add_argument("--model", required=True, type=Path, help="exported model, results/train/{exp}/final")
-    p.add_argument("--out-dir", required=True, type=Path, help="results/samples/{exp}")
-    p.add_argument("--work-dir", type=Path, help="where videos are made and kept across runs (default: "
-                   "--out-dir); given, --out-dir receives links to the current set")
-    p.add_argument("--prompts", type=Path, help="prompt file (default: the experiment's sample.prompts)")
+def sample_all(exp: dict, model_dir: Path, prompts: Path, work_dir: Path, out_dir: Path) -> Path | None:
+    """This rank's share of every video (made in `work_dir`); rank 0 then writes the index and links
+    the current set into `out_dir`. Returns the index path on rank 0."""
+    from longvid.dist import barrier, cleanup, init_distributed
 
-
-def run(args) -> int:
-    from longvid.train.dist import barrier, cleanup, init_distributed
-
-    exp = json.loads(args.experiment)
-    items = plan(exp, args.model, args.prompts or Path(exp["sample"]["prompts"]))  # bad input fails before joining
+    items = plan(exp, model_dir, prompts)  # bad input fails before the ranks join
     info = init_distributed()
-    work_dir = args.work_dir or args.out_dir
-    sample_shard(items, exp, args.model, work_dir, info.rank, info.world_size, info.device)
+    sample_shard(items, exp, model_dir, work_dir, info.rank, info.world_size, info.device)
     barrier()
+    index = None
     if info.is_main:
         index = write_index(items, work_dir)
-        if work_dir != args.out_dir:
-            index = publish(items, work_dir, args.out_dir)
-        log.info("wrote %s", index)
+        if Path(work_dir) != Path(out_dir):
+            index = publish(items, Path(work_dir), Path(out_dir))
     cleanup()
-    return 0
+    return index

@@ -5,17 +5,17 @@ from __future__ import annotations
 import json
 import re
 
+import ffmpeg
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
 from longvid.dataset.sampler import ResumableDistributedSampler
-from longvid.dataset.loader import (ClipError, VideoClipDataset, cover_size,
-                                    frames_at_fps, plan_frames)
-from longvid.ingest import ffmpeg
+from longvid.dataset.loader import ClipError, VideoClipDataset, frames_at_fps, plan_frames
 from longvid.ingest.synthetic import DIRECTIONS, caption_of, render_video
 from longvid.io import InputError
+from longvid.video import cover_size, encode_frames, run_ffmpeg
 
 BITS = 8  # frame number written as 8 black/white blocks, 8 px each: survives lossy coding exactly
 
@@ -47,9 +47,8 @@ def render_counter_clip(path, n, fps) -> None:
         for bit in range(BITS):
             frames[i, :, 8 * bit:8 * bit + 8] = 255 * ((i >> bit) & 1)
     raw = path.with_name("raw_" + path.name)
-    ffmpeg.encode_frames(raw, frames, fps)
-    ffmpeg.run(["-i", str(raw), "-c:v", "libx264", "-g", "6", "-bf", "2", "-crf", "12", "-pix_fmt", "yuv420p",
-                str(path)])
+    encode_frames(raw, frames, fps)
+    run_ffmpeg(ffmpeg.input(str(raw)).output(str(path), vcodec="libx264", g=6, bf=2, crf=12, pix_fmt="yuv420p"))
 
 
 def read_counter(video: torch.Tensor) -> list[int]:
@@ -102,7 +101,7 @@ def test_decoded_frames_are_the_planned_source_frames(clips):
 
 def test_seeking_in_formats_without_an_index(clips, tmp_path):
     """MPEG-TS seeks land after the target keyframe; the loader must notice and seek further back."""
-    ffmpeg.run(["-i", str(clips / "clips" / "counter.mp4"), "-c", "copy", str(tmp_path / "counter.ts")])
+    run_ffmpeg(ffmpeg.input(str(clips / "clips" / "counter.mp4")).output(str(tmp_path / "counter.ts"), c="copy"))
     write_jsonl(tmp_path / "d.jsonl", [row("counter.ts", 200, 30, 8 * BITS, 16)])
     ds = VideoClipDataset(tmp_path / "d.jsonl", num_frames=9, fps=8, height=16, width=8 * BITS, seed=5)
     starts = []
@@ -116,8 +115,9 @@ def test_seeking_in_formats_without_an_index(clips, tmp_path):
 
 def test_dropped_frames_show_the_frame_on_screen(clips, tmp_path):
     """A variable-frame-rate file missing frames 10-12: those times show frame 9, as a player would."""
-    ffmpeg.run(["-i", str(clips / "clips" / "counter.mp4"), "-vf", "select='not(between(n,10,12))'",
-                "-fps_mode", "vfr", "-c:v", "libx264", "-crf", "12", str(tmp_path / "vfr.mp4")])
+    run_ffmpeg(ffmpeg.input(str(clips / "clips" / "counter.mp4"))
+               .filter("select", "not(between(n,10,12))")
+               .output(str(tmp_path / "vfr.mp4"), fps_mode="vfr", vcodec="libx264", crf=12))
     write_jsonl(tmp_path / "d.jsonl", [row("vfr.mp4", 200, 30, 8 * BITS, 16)])
     ds = VideoClipDataset(tmp_path / "d.jsonl", num_frames=17, fps=30, height=16, width=8 * BITS,
                           random_start=False)
@@ -175,7 +175,7 @@ def test_resize_covers_and_crops_the_center(tmp_path):
     frames[:, :, :16] = (255, 0, 0)
     frames[:, :, 16:80] = (0, 255, 0)
     frames[:, :, 80:] = (0, 0, 255)
-    ffmpeg.encode_frames(tmp_path / "stripes.mp4", frames, 8)
+    encode_frames(tmp_path / "stripes.mp4", frames, 8)
     write_jsonl(tmp_path / "d.jsonl", [row("stripes.mp4", 10, 8, 96, 64)])
     video = VideoClipDataset(tmp_path / "d.jsonl", num_frames=9, fps=8, height=32, width=32)[0]["video"]
     assert video.shape == (9, 3, 32, 32)

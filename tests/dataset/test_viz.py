@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -14,6 +13,7 @@ from longvid.dataset import viz
 from longvid.dataset.loader import VideoClipDataset
 from longvid.ingest.synthetic import caption_of, render_video
 from longvid.io import InputError
+from longvid.video import read_video, to_uint8
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +36,6 @@ def parse(*argv):
     return p.parse_args(list(argv))
 
 
-def decode(path) -> np.ndarray:
-    with av.open(str(path)) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
-
-
 def test_viz_writes_what_the_model_sees(dataset_dir, tmp_path):
     out = tmp_path / "viz"
     args = parse("--jsonl", str(dataset_dir / "train.jsonl"), "--out-dir", str(out), "--num-items", "3",
@@ -58,10 +53,10 @@ def test_viz_writes_what_the_model_sees(dataset_dir, tmp_path):
         assert meta["id"] == item["id"] == row["id"] and meta["text"] == row["text"]
         assert meta["frame_indices"] == item["frame_indices"].tolist()
         assert meta["source_fps"] == row["fps"] and meta["fps"] == 8 and meta["size"] == [9, 32, 32]
-        frames = decode(mp4)
+        frames = read_video(mp4)
         assert frames.shape == (9, 32, 32, 3)
         # the file shows the dataset's frames (after sampling and crop), up to H.264 loss
-        diff = np.abs(frames.astype(int) - viz.to_uint8(item["video"]).astype(int))
+        diff = np.abs(frames.astype(int) - to_uint8(item["video"]).astype(int))
         assert diff.mean() < 4
         ids.add(meta["id"])
     assert len(ids) == 3
@@ -75,7 +70,7 @@ def test_viz_writes_what_the_model_sees(dataset_dir, tmp_path):
 def test_to_uint8_inverts_normalisation():
     x = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=3)
     video = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 127.5 - 1
-    assert np.array_equal(viz.to_uint8(video), x)
+    assert np.array_equal(to_uint8(video), x)
 
 
 def test_viz_rejects_sizes_h264_cannot_store(dataset_dir, tmp_path):

@@ -12,11 +12,11 @@ import pytest
 
 from longvid import config
 from longvid.evaluate.stage import add_arguments, evaluate, run
-from longvid.ingest.ffmpeg import encode_frames
 from longvid.ingest.synthetic import caption_of, render_shot
 from longvid.io import InputError
-from longvid.train.components import build_dit, build_encoders
-from longvid.train.export import export_model
+from longvid.runtime import build_dit, build_encoders
+from longvid.models.export import export_model
+from longvid.video import encode_frames
 from test_tier2_metrics import clip_dir, extractor  # noqa: F401 - fixtures
 
 FPS = 8

@@ -4,13 +4,14 @@ import json
 import subprocess
 from pathlib import Path
 
+import ffmpeg
 import numpy as np
 import pytest
 
 from longvid.ingest import manifest, synthetic
-from longvid.ingest.ffmpeg import encode_frames, run as ffmpeg
 from conftest import snakemake
 from longvid.io import read_jsonl, write_jsonl
+from longvid.video import encode_frames, run_ffmpeg
 
 TRICKY_NAME = "we ird 'name' \"q\" $(touch PWNED).mp4"
 
@@ -24,11 +25,11 @@ def make_folder(d: Path) -> dict[str, str]:
     (d / "zero.mp4").write_bytes(b"")
     (d / "text.mp4").write_text("this is not a video\n")
     full = (d / "good.mp4").read_bytes()
-    ffmpeg(["-i", str(d / "good.mp4"), "-c", "copy", str(d / "moov_at_end.mp4")])  # no faststart
+    run_ffmpeg(ffmpeg.input(str(d / "good.mp4")).output(str(d / "moov_at_end.mp4"), c="copy"))  # no faststart
     (d / "truncated.mp4").write_bytes((d / "moov_at_end.mp4").read_bytes()[: len(full) // 2])
     (d / "moov_at_end.mp4").unlink()
     (d / "cut_short.mp4").write_bytes(full[: len(full) // 2])  # index intact, data missing
-    ffmpeg(["-f", "lavfi", "-i", "sine=frequency=440:duration=2", "-c:a", "aac", str(d / "audio_only.mp4")])
+    run_ffmpeg(ffmpeg.input("sine=frequency=440:duration=2", f="lavfi").output(str(d / "audio_only.mp4"), acodec="aac"))
     encode_frames(d / "one_frame.mp4", np.zeros((1, 64, 96, 3), np.uint8), 24)
     return {"good.mp4": "", TRICKY_NAME: "", "zero.mp4": "empty file", "text.mp4": "Invalid data",
             "truncated.mp4": "Invalid data", "cut_short.mp4": "truncated",

@@ -31,8 +31,8 @@ from longvid.models.dit import DiT
 from longvid.models.lora import add_lora
 from longvid.models.regimes import DIT_LORA_TARGETS
 from longvid.models.registry import make_config
-from longvid.train.components import build_dit, build_encoders
-from longvid.train.export import export_model, load_model
+from longvid.runtime import build_dit, build_encoders
+from longvid.models.export import export_model, load_model
 
 P = "model.diffusion_model."
 KINDS = {"2b": {"pos_embed": "sincos", "mamba_d_model": 96},  # 2B: sin-cos, Mamba width adapters

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import MediaTags, browser_dom
 from longvid import cli
-from longvid.ingest.ffmpeg import encode_frames
+from longvid.video import encode_frames
 from longvid.io import InputError
 from longvid.report.gather import read_training_log
 from longvid.report.html import add_arguments, run

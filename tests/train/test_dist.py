@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
-from longvid.train.dist import PORT_BASE, PORT_SPAN, expand_hostlist, port_from_job_id, resolve_env
+from longvid.dist import PORT_BASE, PORT_SPAN, expand_hostlist, port_from_job_id, resolve_env
 
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 WORKER = """
 import json, sys, torch
-from longvid.train.dist import init_distributed, all_reduce_mean, cleanup
+from longvid.dist import init_distributed, all_reduce_mean, cleanup
 info = init_distributed()
 value = all_reduce_mean(torch.tensor([float(info.rank), 10.0 * info.rank]))
 import os

@@ -45,7 +45,7 @@ def test_sigint_is_left_alone_unless_asked_and_a_second_one_aborts():
 # A training loop as the trainer writes it: two gloo ranks, checkpoint only on request.
 LOOP = r"""
 import json, sys, time, torch
-from longvid.train.dist import init_distributed, all_reduce_mean, barrier, cleanup
+from longvid.dist import init_distributed, all_reduce_mean, barrier, cleanup
 from longvid.train.checkpoint import CheckpointManager
 from longvid.train.signals import PreemptionHandler, EXIT_PREEMPTED
 

@@ -10,9 +10,7 @@ rule caption:
         "results/logs/{dataset}/caption/{shard}.log",
     benchmark:
         "results/benchmarks/{dataset}/caption/{shard}.tsv"
-    conda:
-        "../../envs/data.yaml"
     params:
-        cfg=stage_params("caption"),
+        config=stage_config("caption"),
     shell:
-        "longvid caption --clips {input} --out {output} --params {params.cfg} > {log} 2>&1"
+        "{LONGVID} caption {params.config} --shard {wildcards.shard} --clips {input} --out {output} > {log} 2>&1"

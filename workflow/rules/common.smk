@@ -1,8 +1,9 @@
-# Config resolution, path helpers and the shard checkpoint's aggregation. Rules stay declarative;
-# every bit of logic they need lives here, named.
+# Config resolution, stage commands, path helpers and the shard checkpoint's aggregation. Rules stay
+# declarative; every bit of logic they need lives here, named.
 import json
 import re
 import shlex
+import sys
 from pathlib import Path
 
 from longvid import config as lvconfig
@@ -10,8 +11,14 @@ from longvid.io import InputError
 
 ROOT = Path(workflow.basedir).parent
 
+# Jobs run the longvid of the Python that runs Snakemake (Slurm jobs rerun this file with it too), so
+# `.venv/bin/snakemake` works without the venv on PATH, and the DAG and the jobs use the same code.
+LONGVID = f"{shlex.quote(sys.executable)} -m longvid"
+DVC = f"{shlex.quote(sys.executable)} -m dvc"
+
 # Validate everything the default target needs before any job runs; errors name the key.
 try:
+    TOP = lvconfig.validate(config, "config.schema.yaml", "config")
     RESOLVED = lvconfig.resolve(config, ROOT)
 except InputError as e:
     raise WorkflowError(f"invalid configuration: {e}")
@@ -31,7 +38,7 @@ def dataset_cfg(name):
     if name not in _dataset_cache:
         try:
             _dataset_cache[name] = lvconfig.dataset(
-                name, config["datasets"].get(name), ROOT
+                name, TOP["datasets"].get(name), ROOT
             )
         except InputError as e:
             raise WorkflowError(str(e))
@@ -43,38 +50,38 @@ def experiment_cfg(name):
     if name not in _experiment_cache:
         try:
             _experiment_cache[name] = lvconfig.experiment(
-                name, config["experiments"].get(name), ROOT
+                name, TOP["experiments"].get(name), ROOT
             )
         except InputError as e:
             raise WorkflowError(str(e))
     return _experiment_cache[name]
 
 
-def stage_params(stage):
-    """A params function giving a dataset's `stage` config section as shell-quoted JSON.
+def stage_config(stage):
+    """A params function: `--dataset|--experiment NAME --stage-config FILE`, handing the stage exactly
+    the config it reads (longvid.config.stage_inputs) as resolved here, with every override.
 
-    Passing the section as a param makes Snakemake rerun exactly the stages whose settings changed
-    (and, through their outputs, everything downstream), and nothing else.
+    FILE is named by a digest of those inputs, so this param - Snakemake's rerun trigger - changes
+    exactly when they do: a new `filter.min_motion` reruns filter (and, through its outputs, what
+    follows), a new `sample.cfg` reruns sample, evaluate and report, and nothing else reruns.
     """
 
     def params(wildcards):
-        return shlex.quote(
-            json.dumps(dataset_cfg(wildcards.dataset)[stage], sort_keys=True)
-        )
+        if hasattr(wildcards, "experiment"):
+            kind, name, cfg = "experiment", wildcards.experiment, experiment_cfg(wildcards.experiment)
+        else:
+            kind, name, cfg = "dataset", wildcards.dataset, dataset_cfg(wildcards.dataset)
+        inputs = lvconfig.stage_inputs(kind, cfg, stage, TOP)
+        path = lvconfig.write_stage_config(kind, name, stage, inputs, ROOT)
+        return f"--{kind} {shlex.quote(name)} --stage-config {shlex.quote(str(path))}"
 
     return params
 
 
 def workers(wildcards, threads):
-    return config.get("workers") or threads
+    return TOP["workers"] or threads
 
 
-def dvc_tracked(name):
-    """A dataset whose version lives in DVC: pulled, never rebuilt (unless dvc.pull is false)."""
-    return (
-        dataset_cfg(name)["dvc"]["pull"]
-        and (ROOT / "data" / "datasets" / f"{name}.dvc").exists()
-    )
 
 
 def _name_regex(names):
@@ -84,6 +91,15 @@ def _name_regex(names):
 
 
 ALL_DATASETS = sorted(p.stem for p in (ROOT / "config" / "datasets").glob("*.yaml"))
+# A dataset whose version lives in DVC is pulled, never rebuilt (unless its dvc.pull is false). Only
+# those with a .dvc file are resolved here: a broken config/datasets/*.yaml breaks only its targets.
+def dvc_tracked(name):
+    try:
+        return lvconfig.dvc_tracked(name, TOP["datasets"].get(name), ROOT)
+    except InputError as e:
+        raise WorkflowError(str(e))
+
+
 TRACKED_DATASETS = [d for d in ALL_DATASETS if dvc_tracked(d)]
 BUILT_DATASETS = [d for d in ALL_DATASETS if d not in TRACKED_DATASETS]
 
@@ -120,34 +136,6 @@ def shard_tables(table):
     return tables
 
 
-# What each model stage reads of the experiment. Passing only that as the rule's param makes a change
-# rerun exactly the stages that depend on it: a new sampling cfg reruns sample and what follows, not
-# encode or train.
-EXPERIMENT_SECTIONS = {
-    "encode": lambda e: {
-        "dataset": e["dataset"],
-        "data": e["data"],
-        "model": {k: e["model"][k] for k in ("vae", "text")},
-    },
-    "train": lambda e: {
-        k: v for k, v in e.items() if k not in ("sample", "evaluate", "description")
-    },
-    "sample": lambda e: {
-        k: v for k, v in e.items() if k not in ("evaluate", "description")
-    },
-    "evaluate": lambda e: {k: v for k, v in e.items() if k != "description"},
-    "report": lambda e: e,
-}
-
-
-def experiment_params(stage):
-    def params(wildcards):
-        section = EXPERIMENT_SECTIONS[stage](experiment_cfg(wildcards.experiment))
-        return shlex.quote(json.dumps(section, sort_keys=True))
-
-    return params
-
-
 def experiment_dataset_dir(wildcards):
     return f"data/datasets/{experiment_cfg(wildcards.experiment)['dataset']}"
 
@@ -164,10 +152,6 @@ def experiment_latents(wildcards):
 
 def experiment_prompts(wildcards):
     return experiment_cfg(wildcards.experiment)["sample"]["prompts"]
-
-
-def latents_flag(wildcards, input):
-    return f"--latents {input.latents}" if input.latents else ""
 
 
 def launcher(wildcards, resources):

@@ -26,13 +26,11 @@ rule dataset:
         "results/benchmarks/{dataset}/dataset.tsv"
     wildcard_constraints:
         dataset=_name_regex(BUILT_DATASETS),
-    conda:
-        "../../envs/data.yaml"
     params:
-        cfg=stage_params("dataset"),
+        config=stage_config("dataset"),
     shell:
-        "longvid dataset --shards {input} --out-dir data/datasets/{wildcards.dataset}"
-        " --params {params.cfg} > {log} 2>&1"
+        "{LONGVID} dataset {params.config} --shards {input} --out-dir data/datasets/{wildcards.dataset}"
+        " > {log} 2>&1"
 
 
 rule dvc_pull:
@@ -48,11 +46,9 @@ rule dvc_pull:
         "results/benchmarks/{dataset}/dvc_pull.tsv"
     wildcard_constraints:
         dataset=_name_regex(TRACKED_DATASETS),
-    conda:
-        "../../envs/data.yaml"
     shell:
         # dvc keeps unchanged files untouched; touch so Snakemake sees the outputs as new
-        "dvc pull {input} > {log} 2>&1 && touch {output}"
+        "{DVC} pull {input} > {log} 2>&1 && touch {output}"
 
 
 rule publish:
@@ -66,12 +62,10 @@ rule publish:
         "results/benchmarks/{dataset}/publish.tsv"
     wildcard_constraints:
         dataset=_name_regex(BUILT_DATASETS),
-    conda:
-        "../../envs/data.yaml"
     params:
         push=push_flag,
     shell:
-        "longvid publish --path data/datasets/{wildcards.dataset} {params.push} > {log} 2>&1"
+        "{LONGVID} publish --path data/datasets/{wildcards.dataset} {params.push} > {log} 2>&1"
 
 
 rule publish_raw:
@@ -83,9 +77,7 @@ rule publish_raw:
         "results/logs/{dataset}/publish_raw.log",
     benchmark:
         "results/benchmarks/{dataset}/publish_raw.tsv"
-    conda:
-        "../../envs/data.yaml"
     params:
         push=push_flag,
     shell:
-        "longvid publish --path data/raw/{wildcards.dataset} {params.push} > {log} 2>&1"
+        "{LONGVID} publish --path data/raw/{wildcards.dataset} {params.push} > {log} 2>&1"

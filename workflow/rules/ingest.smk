@@ -14,13 +14,11 @@ rule fetch:
         "results/logs/{dataset}/fetch.log",
     benchmark:
         "results/benchmarks/{dataset}/fetch.tsv"
-    conda:
-        "../../envs/data.yaml"
     threads: 4
     params:
-        source=stage_params("source"),
+        config=stage_config("fetch"),
     shell:
-        "longvid fetch --source {params.source} --out-dir data/raw/{wildcards.dataset}/videos"
+        "{LONGVID} fetch {params.config} --out-dir data/raw/{wildcards.dataset}/videos"
         " --manifest {output.manifest} > {log} 2>&1"
 
 
@@ -33,12 +31,10 @@ checkpoint shard:
         "results/logs/{dataset}/shard.log",
     benchmark:
         "results/benchmarks/{dataset}/shard.tsv"
-    conda:
-        "../../envs/data.yaml"
     params:
-        shard_size=config["shard_size"],
+        config=stage_config("shard"),
     shell:
-        "longvid shard --manifest {input.manifest} --shard-size {params.shard_size}"
+        "{LONGVID} shard {params.config} --manifest {input.manifest}"
         " --out-dir data/shards/{wildcards.dataset} --shards-json {output.shards} > {log} 2>&1"
 
 
@@ -52,13 +48,13 @@ rule probe:
         "results/logs/{dataset}/probe/{shard}.log",
     benchmark:
         "results/benchmarks/{dataset}/probe/{shard}.tsv"
-    conda:
-        "../../envs/data.yaml"
     threads: 4
     params:
+        config=stage_config("probe"),
         workers=workers,
     shell:
-        "longvid probe --manifest {input.manifest} --out {output} --workers {params.workers} > {log} 2>&1"
+        "{LONGVID} probe {params.config} --shard {wildcards.shard} --manifest {input.manifest} --out {output}"
+        " --workers {params.workers} > {log} 2>&1"
 
 
 rule split:
@@ -70,15 +66,13 @@ rule split:
         "results/logs/{dataset}/split/{shard}.log",
     benchmark:
         "results/benchmarks/{dataset}/split/{shard}.tsv"
-    conda:
-        "../../envs/data.yaml"
     threads: 4
     params:
-        cfg=stage_params("split"),
+        config=stage_config("split"),
         workers=workers,
     shell:
-        "longvid split --probe {input} --out {output} --clip-dir data/clips/{wildcards.dataset}/{wildcards.shard}"
-        " --params {params.cfg} --workers {params.workers} > {log} 2>&1"
+        "{LONGVID} split {params.config} --shard {wildcards.shard} --probe {input} --out {output}"
+        " --clip-dir data/clips/{wildcards.dataset}/{wildcards.shard} --workers {params.workers} > {log} 2>&1"
 
 
 rule filter:
@@ -90,11 +84,10 @@ rule filter:
         "results/logs/{dataset}/filter/{shard}.log",
     benchmark:
         "results/benchmarks/{dataset}/filter/{shard}.tsv"
-    conda:
-        "../../envs/data.yaml"
     threads: 4
     params:
-        cfg=stage_params("filter"),
+        config=stage_config("filter"),
         workers=workers,
     shell:
-        "longvid filter --clips {input} --out {output} --params {params.cfg} --workers {params.workers} > {log} 2>&1"
+        "{LONGVID} filter {params.config} --shard {wildcards.shard} --clips {input} --out {output}"
+        " --workers {params.workers} > {log} 2>&1"

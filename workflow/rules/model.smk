@@ -11,14 +11,12 @@ rule encode:
         "results/logs/{experiment}/encode.log",
     benchmark:
         "results/benchmarks/{experiment}/encode.tsv"
-    conda:
-        "../../envs/train.yaml"
     params:
-        experiment=experiment_params("encode"),
+        config=stage_config("encode"),
         dataset_dir=experiment_dataset_dir,
         launch=launcher,
     shell:
-        "{params.launch} longvid encode --experiment {params.experiment} --dataset-dir {params.dataset_dir}"
+        "{params.launch} {LONGVID} encode {params.config} --dataset-dir {params.dataset_dir}"
         " --cache data/latents/cache --index {output.index} > {log} 2>&1"
 
 
@@ -36,16 +34,14 @@ rule train:
     benchmark:
         "results/benchmarks/{experiment}/train.tsv"
     retries: 3
-    conda:
-        "../../envs/train.yaml"
     params:
-        experiment=experiment_params("train"),
+        config=stage_config("train"),
         dataset_dir=experiment_dataset_dir,
-        latents=latents_flag,
         launch=launcher,
     shell:
-        "{params.launch} longvid train --experiment {params.experiment} --dataset-dir {params.dataset_dir}"
-        " --run-dir results/train/{wildcards.experiment} {params.latents} >> {log} 2>&1"
+        # without data.latent_cache there is no index input and clips are encoded on the fly
+        "{params.launch} {LONGVID} train {params.config} --dataset-dir {params.dataset_dir}"
+        " --run-dir results/train/{wildcards.experiment} --latents '{input.latents}' >> {log} 2>&1"
 
 
 rule sample:
@@ -67,14 +63,12 @@ rule sample:
         "results/logs/{experiment}/sample.log",
     benchmark:
         "results/benchmarks/{experiment}/sample.tsv"
-    conda:
-        "../../envs/train.yaml"
     params:
-        experiment=experiment_params("sample"),
+        config=stage_config("sample"),
         launch=launcher,
     shell:
         # videos already made with the same settings are kept (skip-if-exists inside the stage)
-        "{params.launch} longvid sample --experiment {params.experiment} --model results/train/{wildcards.experiment}/final"
+        "{params.launch} {LONGVID} sample {params.config} --model results/train/{wildcards.experiment}/final"
         " --work-dir results/sample_runs/{wildcards.experiment} --out-dir {output.samples}"
         " --prompts {input.prompts} > {log} 2>&1"
 
@@ -90,20 +84,18 @@ rule evaluate:
         "results/logs/{experiment}/evaluate.log",
     benchmark:
         "results/benchmarks/{experiment}/evaluate.tsv"
-    conda:
-        "../../envs/train.yaml"
     params:
-        experiment=experiment_params("evaluate"),
+        config=stage_config("evaluate"),
         dataset_dir=experiment_dataset_dir,
     shell:
-        "longvid evaluate --experiment {params.experiment} --name {wildcards.experiment}"
-        " --model results/train/{wildcards.experiment}/final --samples {input.samples}"
+        "{LONGVID} evaluate {params.config} --model results/train/{wildcards.experiment}/final --samples {input.samples}"
         " --dataset-dir {params.dataset_dir} --out {output.metrics} > {log} 2>&1"
 
 
 rule report:
-    # Reads the training curve from the run directory too (metrics.jsonl; not an output of train).
     input:
+        # the exported model's config.json carries its step and provenance, final/metrics.jsonl the curve
+        model="results/train/{experiment}/final/config.json",
         samples="results/samples/{experiment}",
         metrics="results/eval/{experiment}/metrics.json",
         dataset=experiment_dataset,
@@ -117,13 +109,11 @@ rule report:
         "results/logs/{experiment}/report.log",
     benchmark:
         "results/benchmarks/{experiment}/report.tsv"
-    conda:
-        "../../envs/train.yaml"
     params:
-        experiment=experiment_params("report"),
+        config=stage_config("report"),
         dataset_dir=experiment_dataset_dir,
     shell:
-        "longvid report --experiment {params.experiment} --name {wildcards.experiment}"
-        " --dataset-dir {params.dataset_dir} --run-dir results/train/{wildcards.experiment}"
+        "{LONGVID} report {params.config} --dataset-dir {params.dataset_dir}"
+        " --model results/train/{wildcards.experiment}/final"
         " --samples {input.samples} --metrics {input.metrics} --out {output.html}"
         " > {log} 2>&1"

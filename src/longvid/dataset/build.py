@@ -13,34 +13,20 @@ added, and independent of shard order.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
-import shutil
 from pathlib import Path
 
 from longvid.dataset import stats as dataset_stats
-from longvid.io import read_jsonl, write_jsonl
+from longvid.io import link_or_copy, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {"val_fraction": 0.1, "seed": 0}
 SCORE_COLUMNS = ("frames_at_fps", "short_side", "aspect", "motion")
 
 
 def split_of(clip_id: str, seed: int, val_fraction: float) -> str:
     h = int(hashlib.sha256(f"{seed}:{clip_id}".encode()).hexdigest()[:12], 16) / 16**12
     return "val" if h < val_fraction else "train"
-
-
-def link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists():
-        dst.unlink()
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def dataset_row(clip: dict) -> dict:
@@ -67,17 +53,10 @@ def clip_meta(clip: dict) -> dict:
     return meta
 
 
-def add_arguments(p) -> None:
-    p.add_argument("--shards", required=True, nargs="+", type=Path, help="captioned shard tables")
-    p.add_argument("--out-dir", required=True, type=Path, help="data/datasets/{dataset}")
-    p.add_argument("--params", default="{}", help="the dataset's `dataset` config section, as JSON")
-
-
-def run(args) -> int:
-    cfg = {**DEFAULTS, **json.loads(args.params)}
-    clips = [c for shard in args.shards for c in read_jsonl(shard)]
+def build_dataset(shards: list[Path], out: Path, cfg: dict) -> dict:
+    """Gather the captioned shard tables into `out` with the `dataset` section `cfg`; return the stats."""
+    clips = [c for shard in shards for c in read_jsonl(shard)]
     usable = sorted((c for c in clips if c.get("keep") and c.get("text")), key=lambda c: c["id"])
-    out = args.out_dir
     for clip in usable:
         link_or_copy(Path(clip["path"]), out / "clips" / f"{clip['id']}.mp4")
     rows = [dataset_row(c) for c in usable]
@@ -91,6 +70,4 @@ def run(args) -> int:
     summary = dataset_stats.compute(parts["train"], parts["val"], clips)
     dataset_stats.plot(rows, out / "stats")
     dataset_stats.write(summary, out / "stats.json")
-    log.info("dataset %s: %d train, %d val clips (%.2f h); %d clips rejected", out, len(parts["train"]),
-             len(parts["val"]), summary["hours"], summary["clips"]["rejected"])
-    return 0
+    return summary

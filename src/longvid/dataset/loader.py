@@ -9,8 +9,9 @@ reproducible:
   whichever worker, rank or resumed run loads it;
 * a clip too short for num_frames at the target fps keeps its largest 4k+1 frames (whole latent frames
   of the 4x temporal VAE) and repeats the last one — the seed's case (c) — and is reported, not hidden;
-* frames are resized (bicubic) so they cover height x width, keeping the aspect, then center-cropped,
-  and scaled to [-1, 1];
+* frames are decoded by `longvid.video.decode_frames` (PyAV or decord: `decoder`, the same pixels),
+  resized (bicubic) so they cover height x width, keeping the aspect, then center-cropped, and
+  scaled to [-1, 1];
 * a clip that fails to decode raises an error naming the JSONL file and line (`on_error="raise"`), or
   is replaced by the next decodable row with a warning (`on_error="skip"`), never by a random one.
 
@@ -32,12 +33,12 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-import av
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from longvid.io import InputError
+from longvid.video import DECODERS, decode_frames
 
 log = logging.getLogger(__name__)
 
@@ -104,77 +105,6 @@ def plan_frames(n_src: int, src_fps: float, num_frames: int, fps: float,
     return indices, real
 
 
-def cover_size(h: int, w: int, height: int, width: int) -> tuple[int, int]:
-    """(h', w') >= (height, width) with the source aspect (the seed's rounding, in integers)."""
-    if w * height > width * h:  # wider than the target: match heights
-        return height, w * height // h
-    return h * width // w, width
-
-
-def decode_frames(path: str | os.PathLike, indices: np.ndarray, src_fps: float,
-                  height: int, width: int) -> np.ndarray:
-    """Frames `indices` of `path` as uint8 (len(indices), height, width, 3), resized to cover and
-    center-cropped. Seeks to the first frame when it is not at the start; frame numbers come from
-    timestamps, and a wanted index gets the frame on screen at that time (the last one at or before)."""
-    wanted = [int(i) for i in np.unique(indices)]
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        got = None
-        # A seek lands on the keyframe before the target, except in formats without an index
-        # (MPEG-TS) where it may land after it: then retry from further back.
-        for back in (0.0, 1.0, 5.0):
-            seconds = (wanted[0] - 0.5) / src_fps - back
-            if seconds <= 0:
-                break
-            container.seek((stream.start_time or 0) + int(seconds / stream.time_base), stream=stream)
-            got = _collect(container, stream, wanted, src_fps, height, width, seeked=True)
-            if got is not None:
-                break
-        if got is None:  # the clip's start is wanted, or no seek landed early enough
-            container.seek(0)
-            got = _collect(container, stream, wanted, src_fps, height, width, seeked=False)
-    return np.stack([got[int(i)] for i in indices])
-
-
-def _collect(container, stream, wanted: list[int], src_fps: float, height: int, width: int,
-             seeked: bool) -> dict[int, np.ndarray] | None:
-    t0, tb = stream.start_time or 0, stream.time_base
-    pending, out = list(wanted), {}
-    prev = None  # (index, frame, converted array or None)
-
-    def image(entry):
-        if entry[2] is None:
-            frame = entry[1]
-            rh, rw = cover_size(frame.height, frame.width, height, width)
-            arr = frame.reformat(width=rw, height=rh, format="rgb24", interpolation="BICUBIC").to_ndarray()
-            top, left = (rh - height) // 2, (rw - width) // 2
-            entry[2] = arr[top:top + height, left:left + width]
-        return entry[2]
-
-    for frame in container.decode(stream):
-        if frame.pts is None:
-            raise ValueError("video frames carry no timestamps")
-        i = round(float((frame.pts - t0) * tb) * src_fps)
-        entry = [i, frame, None]
-        if prev is None and seeked and i > pending[0]:
-            return None
-        while pending and pending[0] < i:
-            out[pending.pop(0)] = image(prev if prev is not None else entry)
-        if pending and pending[0] == i:
-            out[pending.pop(0)] = image(entry)
-        if not pending:
-            return out
-        prev = entry
-    if prev is None:
-        raise ValueError("no decodable video frames")
-    if pending[-1] - prev[0] > 1:
-        raise ValueError(f"stream ends at frame {prev[0]}, frame {pending[-1]} was wanted "
-                         f"(num_frames in the row is larger than the decodable frames)")
-    for w in pending:  # the last frame is one short of the metadata's count: it stays on screen
-        out[w] = image(prev)
-    return out
-
-
 class VideoClipDataset(Dataset):
     """Items {"video": (F, 3, H, W) float in [-1, 1], "text", "id", "num_frames" (real, unpadded),
     "fps", "frame_indices" (source frames used), "padded", "index"}.
@@ -186,13 +116,16 @@ class VideoClipDataset(Dataset):
     def __init__(self, jsonl_path: str | os.PathLike, root: str | os.PathLike | None = None,
                  num_frames: int = 49, fps: float = 8, height: int = 64, width: int = 64,
                  text_key: str = "text", sub_text_key: str = "cap", seed: int = 0, random_start: bool = True,
-                 skip_frames: int = 0, on_error: str = "raise"):
+                 skip_frames: int = 0, on_error: str = "raise", decoder: str = "pyav"):
         self.num_frames = check_num_frames(num_frames)
         for key, value in (("fps", fps), ("height", height), ("width", width)):
             if not value > 0:
                 raise InputError(f"{key} must be positive, got {value!r}")
         if on_error not in ("raise", "skip"):
             raise InputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if decoder not in DECODERS:  # longvid.video: both give the same pixels; speed differs
+            raise InputError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+        self.decoder = decoder
         self.jsonl = Path(jsonl_path)
         self.root = os.path.abspath(root if root is not None else self.jsonl.parent)
         self.fps, self.height, self.width = fps, height, width
@@ -296,8 +229,8 @@ class VideoClipDataset(Dataset):
         try:
             indices, real = plan_frames(row["num_frames"], source_fps(row), frames, self.fps,
                                         rng if self.random_start else None, self.skip_frames)
-            pixels = decode_frames(self.paths[index], indices, source_fps(row), height, width)
-        except (av.FFmpegError, OSError, ValueError, IndexError) as e:
+            pixels = decode_frames(self.paths[index], indices, source_fps(row), height, width, self.decoder)
+        except (OSError, ValueError) as e:  # longvid.video turns decoder errors into ValueError
             reason = " ".join(str(e).split()) or type(e).__name__
             raise ClipError(f"{self.where(index)}: cannot read {row['path']}: {reason}") from None
         video = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(127.5).sub_(1)

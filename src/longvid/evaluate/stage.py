@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from longvid.io import InputError, write_json
+from longvid.video import read_video
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +35,6 @@ PIXEL_METRICS = {  # name -> (label, better)
     "warp_error": ("warping error: flow-warped frame vs next (0-1)", "lower"),
     "static_fraction": ("static frame pairs (share)", "lower"),
 }
-
-
-def read_video(path: Path) -> np.ndarray:
-    """All frames of a video as uint8 (F, H, W, 3)."""
-    import av
-
-    try:
-        with av.open(str(path)) as c:
-            return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
-    except (av.FFmpegError, ValueError) as e:  # ValueError: no frames to stack
-        raise InputError(f"{path}: unreadable video ({type(e).__name__}: {e})") from None
 
 
 def mean_of(rows: list[dict], key: str) -> float | None:
@@ -96,14 +86,14 @@ def evaluate(exp: dict, model_dir: Path, samples_dir: Path, dataset_dir: Path, d
 
     from longvid.evaluate import tier2 as t2
     from longvid.evaluate.val_loss import load_val_clips, validation_loss
-    from longvid.sample import checkpoint_identity
+    from longvid.models.export import model_identity
     from longvid.sample_index import read_index
 
     cfg, dev = exp["evaluate"], torch.device(device)
     rows = read_index(samples_dir)
     if not rows:
         raise InputError(f"{samples_dir / 'index.json'}: lists no samples")
-    checkpoint = checkpoint_identity(model_dir)
+    checkpoint = model_identity(model_dir)
     per_sample, readable, videos = [], [], []
     for r in rows:
         row = {"video": r["video"], "prompt": r["prompt"], "seed": r["seed"]}
@@ -131,14 +121,10 @@ def evaluate(exp: dict, model_dir: Path, samples_dir: Path, dataset_dir: Path, d
     reference = [{"id": c.id, "text": c.text, **m}
                  for c, m in zip(clips, score_videos(reference_frames, [c.text for c in clips]))]
     if clips:
-        from longvid.train.components import build_encoders, build_schedule
-        from longvid.train.export import load_model
+        from longvid.runtime import Pipeline
 
-        model, _ = load_model(model_dir, device=dev)
-        enc = build_encoders(exp)
-        enc.vae.to(dev)
-        enc.text.to(dev)
-        val = {"status": "ok", **validation_loss(model, enc, build_schedule(exp), clips, cfg["val_timesteps"],
+        pipe = Pipeline.load(model_dir, exp, dev)
+        val = {"status": "ok", **validation_loss(pipe.model, pipe.encoders, pipe.schedule, clips, cfg["val_timesteps"],
                                                  cfg["seed"], dev, exp["train"]["precision"])}
         log.info("validation loss %.4f over %d clips", val["mean"], val["clips"])
 
@@ -152,26 +138,3 @@ def evaluate(exp: dict, model_dir: Path, samples_dir: Path, dataset_dir: Path, d
     return {"experiment": exp.get("name"), "checkpoint": checkpoint, "samples_dir": str(samples_dir),
             "table": build_table(per_sample, reference, val, tier2), "samples": per_sample,
             "reference": reference, "val_loss": val, "tier2": tier2}
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--experiment", required=True, help="resolved experiment config, as JSON")
-    p.add_argument("--model", required=True, type=Path, help="exported model, results/train/{exp}/final")
-    p.add_argument("--samples", required=True, type=Path, help="results/samples/{exp} (with index.json)")
-    p.add_argument("--dataset-dir", required=True, type=Path, help="data/datasets/{dataset} (val.jsonl)")
-    p.add_argument("--out", required=True, type=Path, help="results/eval/{exp}/metrics.json")
-    p.add_argument("--name", help="experiment name, recorded in the output")
-
-
-def run(args) -> int:
-    import torch
-
-    exp = json.loads(args.experiment)
-    if args.name:
-        exp["name"] = args.name
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    metrics = evaluate(exp, args.model, args.samples, args.dataset_dir, device)
-    write_json(args.out, metrics)
-    for row in metrics["table"]:
-        log.info("%-50s samples=%s reference=%s", row["label"], row["samples"], row["reference"])
-    return 0

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from longvid.io import InputError
+from longvid.video import to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,6 @@ class ValClip:
 
     @property
     def frames(self) -> np.ndarray:
-        from longvid.dataset.viz import to_uint8
-
         return to_uint8(self.video)
 
 
@@ -43,7 +42,8 @@ def load_val_clips(exp: dict, dataset_dir: Path, count: int) -> list[ValClip]:
     if not jsonl.is_file() or not jsonl.read_text().strip():
         raise InputError(f"{jsonl}: no validation clips (raise the dataset's val_fraction)")
     data = VideoClipDataset(jsonl, root=dataset_dir, num_frames=d["num_frames"], fps=d["fps"],
-                            height=d["height"], width=d["width"], text_key=d["text_key"], random_start=False)
+                            height=d["height"], width=d["width"], text_key=d["text_key"], random_start=False,
+                            decoder=d["decoder"])
     clips = []
     for i in range(min(count, len(data))):
         item = data[i]

@@ -9,7 +9,7 @@ Scores (all kept as columns, so thresholds can change without recomputing anythi
 
 A clip is kept when every check passes; `reject_reasons` lists each failed check with its value, so
 "why is this clip missing" has an answer in the table. The model needs 8N+1 frames (49, 145, ...):
-`min_frames` must have that form, and clips shorter than it are rejected rather than padded.
+`min_frames` must have that form (longvid.config checks it), and clips shorter than it are rejected rather than padded.
 """
 
 from __future__ import annotations
@@ -17,25 +17,16 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from longvid.io import InputError, read_jsonl, write_jsonl
+from longvid.io import read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {"fps": 8.0, "min_frames": 49, "max_frames": None, "min_short_side": 0, "min_aspect": 0.0,
-            "max_aspect": 100.0, "min_motion": 0.0, "max_motion": None, "motion_samples": 8}
-
 ANALYSIS_SHORT_SIDE = 128
-
-
-def validate(cfg: dict) -> None:
-    if (cfg["min_frames"] - 1) % 8:
-        raise InputError(f"filter.min_frames: {cfg['min_frames']} is not 8N+1 (the model needs 49, 145, ...)")
 
 
 def motion_score(path: str, fps: float, target_fps: float, samples: int) -> float:
@@ -94,20 +85,10 @@ def _score_row(args: tuple[dict, dict]) -> dict:
     return {**clip, **score(clip, cfg)}
 
 
-def add_arguments(p) -> None:
-    p.add_argument("--clips", required=True, type=Path, help="clip table from `split` (JSONL)")
-    p.add_argument("--out", required=True, type=Path, help="output: clips with scores and keep/reject")
-    p.add_argument("--params", default="{}", help="the dataset's `filter` config section, as JSON")
-    p.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel clips")
-
-
-def run(args) -> int:
-    cfg = {**DEFAULTS, **json.loads(args.params)}
-    validate(cfg)
-    clips = list(read_jsonl(args.clips))
-    with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
-        rows = list(pool.map(_score_row, [(c, cfg) for c in clips], chunksize=4))
-    write_jsonl(args.out, rows)
-    kept = sum(r["keep"] for r in rows)
-    log.info("filter: kept %d of %d clips", kept, len(rows))
-    return 0
+def filter_shard(clips: Path, out: Path, cfg: dict, workers: int) -> list[dict]:
+    """Score every clip of `clips` with the `filter` section `cfg`; write and return the rows."""
+    rows = list(read_jsonl(clips))
+    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+        rows = list(pool.map(_score_row, [(c, cfg) for c in rows], chunksize=4))
+    write_jsonl(out, rows)
+    return rows

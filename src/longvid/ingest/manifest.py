@@ -20,20 +20,14 @@ import hashlib
 import os
 from pathlib import Path
 
+from longvid.io import sha256_file
+
 COLUMNS = ("id", "source", "path", "bytes", "sha256", "captions", "meta", "error")
 
 
 def video_id(source: str) -> str:
     """Stable id of a video from its source URL/path."""
     return hashlib.sha1(source.encode()).hexdigest()[:16]
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def row(source: str, path: str | os.PathLike, *, captions=None, meta=None, error: str = "",

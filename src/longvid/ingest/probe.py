@@ -3,8 +3,10 @@ container (container metadata is often wrong or missing), and a file that fails 
 row with an `error` instead of stopping the shard.
 
 Columns added to each manifest row:
-  duration (s), num_frames (decoded), avg_fps, real_fps (the stream's base rate), width, height,
-  rotation (degrees), codec, pix_fmt, bitrate (bit/s), has_audio, error ("" when fine).
+  duration (s), num_frames (decoded), avg_fps, real_fps (the stream's base rate), width, height
+  (as displayed: swapped when the display matrix rotates by 90 or 270 degrees, as players and
+  ffmpeg's autorotate show it), rotation (degrees), codec, pix_fmt, bitrate (bit/s), has_audio,
+  error ("" when fine).
 
 Videos are probed in a process pool (decoding is CPU bound). Progress is journaled per video, so a
 job killed mid-shard resumes where it stopped.
@@ -63,6 +65,8 @@ def probe_file(path: str) -> dict:
             except av.error.FFmpegError as e:
                 out["error"] = f"decode failed after {n} frames: {_one_line(e)}"
             out["num_frames"], out["rotation"] = n, rotation
+            if rotation % 180 == 90:  # also -90: coded sideways, shown upright
+                out["width"], out["height"] = out["height"], out["width"]
             if n == 0:
                 out["error"] = out["error"] or "no decodable video frames"
                 return out
@@ -95,19 +99,10 @@ def probe_rows(rows: list[dict], journal: RowJournal, workers: int) -> None:
             journal.append({**row, **res})
 
 
-def add_arguments(p) -> None:
-    p.add_argument("--manifest", required=True, type=Path, help="shard manifest (JSONL)")
-    p.add_argument("--out", required=True, type=Path, help="output probe table (JSONL)")
-    p.add_argument("--workers", type=int, default=os.cpu_count(), help="decoding processes")
-
-
-def run(args) -> int:
-    rows = list(read_jsonl(args.manifest))
-    journal = RowJournal(args.out)
-    probe_rows(rows, journal, args.workers)
+def probe_shard(manifest: Path, out: Path, workers: int) -> list[dict]:
+    """Probe a shard manifest into `out` (journaled: a rerun skips finished videos); return the rows."""
+    rows = list(read_jsonl(manifest))
+    journal = RowJournal(out)
+    probe_rows(rows, journal, workers)
     journal.publish([r["id"] for r in rows])
-    bad = [journal.rows[r["id"]] for r in rows if journal.rows[r["id"]]["error"]]
-    for r in bad:
-        log.warning("probe %s: %s", r["path"], r["error"])
-    log.info("probed %d videos, %d with errors", len(rows), len(bad))
-    return 0
+    return [journal.rows[r["id"]] for r in rows]

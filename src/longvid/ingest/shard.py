@@ -36,20 +36,14 @@ def write_if_changed(path: Path, text: str) -> bool:
     return True
 
 
-def add_arguments(p) -> None:
-    p.add_argument("--manifest", required=True, type=Path, help="dataset manifest (JSONL)")
-    p.add_argument("--shard-size", required=True, type=int, help="videos per shard")
-    p.add_argument("--out-dir", required=True, type=Path, help="data/shards/{dataset}")
-    p.add_argument("--shards-json", required=True, type=Path, help="output: list of shard names")
-
-
-def run(args) -> int:
-    rows = list(read_jsonl(args.manifest))
-    shards = assign(rows, args.shard_size)
+def write_shards(manifest: Path, shard_size: int, out_dir: Path, shards_json: Path) -> tuple[int, int, int]:
+    """Write every shard's manifest (those whose rows changed) and the shard list; return
+    (shards, videos, manifests rewritten)."""
+    rows = list(read_jsonl(manifest))
+    shards = assign(rows, shard_size)
     changed = sum(
-        write_if_changed(args.out_dir / name / "manifest.jsonl", "".join(dumps_row(r) + "\n" for r in part))
+        write_if_changed(out_dir / name / "manifest.jsonl", "".join(dumps_row(r) + "\n" for r in part))
         for name, part in shards.items()
     )
-    write_json(args.shards_json, {"shards": list(shards), "videos": len(rows), "shard_size": args.shard_size})
-    log.info("%d videos -> %d shards (%d rewritten)", len(rows), len(shards), changed)
-    return 0
+    write_json(shards_json, {"shards": list(shards), "videos": len(rows), "shard_size": shard_size})
+    return len(shards), len(rows), changed

@@ -18,23 +18,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
+import ffmpeg
 from tqdm import tqdm
 
-from longvid.ingest import ffmpeg
 from longvid.ingest.probe import probe_file
 from longvid.io import RowJournal, read_jsonl
+from longvid.video import h264, run_ffmpeg
 
 log = logging.getLogger(__name__)
-
-DEFAULTS = {"detector": "content", "threshold": 27.0, "min_scene_len": 15, "trim_start": 0.0,
-            "trim_end": 0.0, "max_scene_seconds": None, "min_scene_seconds": 0.0, "cut": True,
-            "fps": None, "short_side": None, "crf": 18}
-
 
 def detect_scenes(path: str, n_frames: int, cfg: dict) -> list[tuple[int, int]]:
     """Shot boundaries as [start, end) source-frame ranges covering the video."""
@@ -78,18 +73,18 @@ def plan_pieces(scenes: list[tuple[int, int]], n_frames: int, fps: float, cfg: d
 
 
 def cut_clip(src: str, dst: Path, start: int, end: int, fps: float, width: int, height: int, cfg: dict) -> None:
-    filters = [f"trim=end_frame={end - start}"]
+    """Re-encode source frames [start, end) of `src` to `dst`. (width, height) is the displayed size:
+    ffmpeg autorotates a rotated source before these filters, so the clip is stored upright."""
+    seek = max(0.0, (start - 0.5) / fps) if start > 0 else 0.0  # half a frame early, then trim exactly
+    video = ffmpeg.input(src, ss=f"{seek:.6f}")["v:0"].trim(end_frame=end - start)
     if cfg["fps"]:
-        filters.append(f"fps={cfg['fps']}")
+        video = video.filter("fps", cfg["fps"])
     side = cfg["short_side"]
-    if side and min(width, height) > side:
-        filters.append(f"scale={side}:-2" if width <= height else f"scale=-2:{side}")
-    seek = max(0.0, (start - 0.5) / fps) if start > 0 else 0.0
+    if side and min(width, height) > side:  # never upscale; -2 keeps the aspect with an even size
+        video = video.filter("scale", side, -2) if width <= height else video.filter("scale", -2, side)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp.mp4")
-    ffmpeg.run(["-ss", f"{seek:.6f}", "-i", src, "-map", "0:v:0", "-vf", ",".join(filters), "-an",
-                "-c:v", "libx264", "-preset", "veryfast", "-crf", str(cfg["crf"]), "-pix_fmt", "yuv420p",
-                "-movflags", "+faststart", str(tmp)])
+    run_ffmpeg(h264(video, tmp, crf=cfg["crf"]))
     tmp.replace(dst)
 
 
@@ -133,34 +128,25 @@ def _measure(path: str) -> dict:
             "duration": p["duration"], **({"error": p["error"]} if p["error"] else {})}
 
 
-def fingerprint(cfg: dict) -> str:
-    return hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+def split_shard(probe: Path, out: Path, clip_dir: Path, cfg: dict, workers: int) -> tuple[int, int, int]:
+    """Split every video of a probed shard into `out` and `clip_dir`; return (videos, clips, errors).
 
-
-def add_arguments(p) -> None:
-    p.add_argument("--probe", required=True, type=Path, help="probed shard table (JSONL)")
-    p.add_argument("--out", required=True, type=Path, help="output clip table (JSONL)")
-    p.add_argument("--clip-dir", required=True, type=Path, help="where cut clips are written")
-    p.add_argument("--params", default="{}", help="the dataset's `split` config section, as JSON")
-    p.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel videos")
-
-
-def run(args) -> int:
-    cfg = {**DEFAULTS, **json.loads(args.params)}
-    rows = list(read_jsonl(args.probe))
-    args.clip_dir.mkdir(parents=True, exist_ok=True)
-    journal = RowJournal(args.out, fingerprint=fingerprint(cfg))
+    `cfg` is the split stage's inputs (its section and code version): a journal of other settings
+    or of an older algorithm is discarded, so a fixed splitter never reuses stale clips."""
+    split_cfg = cfg["split"]
+    rows = list(read_jsonl(probe))
+    clip_dir.mkdir(parents=True, exist_ok=True)
+    journal = RowJournal(out, fingerprint=hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12])
     todo = [r for r in rows if r["id"] not in journal]
-    with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
-        work = pool.map(partial(split_video, clip_dir=args.clip_dir, cfg=cfg), todo)
+    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+        work = pool.map(partial(split_video, clip_dir=clip_dir, cfg=split_cfg), todo)
         for result in tqdm(work, total=len(todo), desc="split", unit="video", disable=None):
             journal.append(result)
     n = journal.publish([r["id"] for r in rows], explode=lambda r: r["clips"])
     # Clips of an earlier run with other settings are not in the table any more: remove them.
     keep = {Path(c["path"]).name for r in journal.rows.values() for c in r["clips"] if c.get("path")}
-    for f in args.clip_dir.glob("*.mp4"):
+    for f in clip_dir.glob("*.mp4"):
         if f.name not in keep:
             f.unlink()
     errors = sum(1 for r in journal.rows.values() for c in r["clips"] if c["error"])
-    log.info("split %d videos into %d clips (%d errors)", len(rows), n, errors)
-    return 0
+    return len(rows), n, errors

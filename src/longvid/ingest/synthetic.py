@@ -6,7 +6,7 @@ is kept in the manifest (`meta.shots`) and as time-stamped source captions, so l
 cuts, captions and generated samples against it.
 
 Source config keys: type: synthetic, num_videos, shots_per_video, shot_seconds [min, max], fps,
-width, height, seed.
+width, height, seed (defaults and meanings in longvid/schemas/dataset.schema.yaml).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from urllib.parse import urlencode
 
 import numpy as np
 
+from longvid import config as lvconfig
 from longvid.ingest import manifest
-from longvid.ingest.ffmpeg import encode_frames
+from longvid.video import encode_frames
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +81,15 @@ def render_video(path: Path, shots: list[dict], fps: float, h: int, w: int) -> N
 
 
 def fetch(source: dict, out_dir: Path) -> list[dict]:
+    source = lvconfig.source(source)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fps, h, w = float(source.get("fps", 24)), int(source.get("height", 120)), int(source.get("width", 160))
-    seconds = tuple(source.get("shot_seconds", [6.5, 8.0]))
-    rng = np.random.default_rng(int(source.get("seed", 0)))
+    fps, h, w = float(source["fps"]), source["height"], source["width"]
+    seconds = tuple(source["shot_seconds"])
+    rng = np.random.default_rng(source["seed"])
     rows = []
-    for i in range(int(source.get("num_videos", 12))):
-        shots = plan_video(rng, int(source.get("shots_per_video", 3)), seconds, fps)
+    for i in range(source["num_videos"]):
+        shots = plan_video(rng, source["shots_per_video"], seconds, fps)
         # Every generator setting is part of the source name, so the id (and file) changes with them.
         src = f"synthetic://shapes/{i:04d}?{urlencode(sorted((k, str(v)) for k, v in source.items()))}"
         path = out_dir / f"{manifest.video_id(src)}.mp4"

@@ -5,7 +5,7 @@ Import (`import_weights`, the experiment's `model.init: {format, path}`):
              (sat_import.py), LoRA and Mamba keys included
   diffusers  a diffusers CogVideoXTransformer3DModel directory (config.json + safetensors, sharded or not;
              a pipeline directory's transformer/ is found too)
-  longvid    a directory written by longvid.train.export.export_model
+  longvid    a directory written by longvid.models.export.export_model
 Every key must be accounted for. What may legitimately differ is listed below (ALLOWED_MISSING here,
 IGNORED_SAT_KEYS in sat_import.py); anything else is an InputError naming the keys.
 
@@ -137,13 +137,10 @@ def load_diffusers(path: str | Path, cfg: DiTConfig) -> dict[str, torch.Tensor]:
 
 
 def load_longvid(path: str | Path, cfg: DiTConfig) -> dict[str, torch.Tensor]:
+    from longvid.models.export import read_meta
+
     path = Path(path)
-    try:
-        meta = json.loads((path / "config.json").read_text())
-        theirs = DiTConfig.from_dict(meta["dit"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise InputError(f"{path / 'config.json'}: not an exported longvid model ({type(e).__name__}: {e})") \
-            from None
+    theirs = DiTConfig.from_dict(read_meta(path)["dit"])
     _check_positions(theirs.pos_embed, theirs.learnable_pos_embed, cfg, str(path))
     return _read_safetensors(path / "model.safetensors")
 
@@ -253,7 +250,7 @@ def export_diffusers(model: nn.Module, out_dir: str | Path) -> Path:
     blockers = _diffusers_blockers(cfg)
     if blockers:
         raise InputError(f"diffusers' CogVideoXTransformer3DModel cannot represent {'; '.join(blockers)}: "
-                         "export this model with longvid.train.export.export_model instead")
+                         "export this model with longvid.models.export.export_model instead")
     out_dir = Path(out_dir)
     state = longvid_to_diffusers(merged_state_dict(model))
     with atomic_path(out_dir / DIFFUSERS_WEIGHTS) as tmp:

@@ -20,8 +20,8 @@ from longvid.sample_index import read_index
 
 log = logging.getLogger(__name__)
 
-# Keys of the run's config.json or its checkpoint meta that say which code and data made the model.
-PROVENANCE_KEYS = ("git_commit", "code_version", "dataset_version", "config_hash")
+# Keys of the exported model's provenance that say which code, data and settings made it.
+PROVENANCE_KEYS = ("step", "code_version", "dataset_version", "run_identity")
 
 
 @dataclass
@@ -33,12 +33,12 @@ class ReportInputs:
     dataset_stats: dict | None = None
     dataset_plots: list[tuple[str, bytes]] = field(default_factory=list)  # (file stem, PNG bytes)
     training: list[dict] = field(default_factory=list)  # metrics.jsonl rows, one per step, by step
-    run_config: dict | None = None
+    run_config: dict | None = None  # the experiment the model was trained with
     provenance: dict[str, Any] = field(default_factory=dict)
     evaluation: dict | None = None
     # Where each optional input was looked for, so the page's "not available" notes can name it.
     dataset_dir: Path | None = None
-    run_dir: Path | None = None
+    model_dir: Path | None = None
     metrics_path: Path | None = None
 
 
@@ -76,23 +76,14 @@ def read_training_log(path: Path) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def read_provenance(run_dir: Path, run_config: dict | None) -> dict[str, Any]:
-    """Code and data versions: from config.json if it records them, else the latest checkpoint's meta.
-
-    Keys neither source has are left out, except the ones every checkpoint records, which are kept
-    as None: "dataset version: —" says the dataset was not versioned, which is worth seeing.
-    """
-    meta: dict = {}
-    pointer = run_dir / "checkpoints" / "latest"
-    if pointer.is_file():
-        meta = read_json(run_dir / "checkpoints" / pointer.read_text().strip() / "meta.json") or {}
-    found = {}
-    for key in PROVENANCE_KEYS:
-        value = (run_config or {}).get(key)
-        value = meta.get(key) if value is None else value
-        if value is not None or key in meta:
-            found[key] = value
-    return found
+def read_model(model_dir: Path) -> tuple[dict | None, dict[str, Any]]:
+    """(the experiment the model was trained with, its provenance) from the exported model's
+    config.json; (None, {}) when it is absent."""
+    meta = read_json(model_dir / "config.json")
+    if meta is None:
+        return None, {}
+    provenance = {"step": meta.get("step"), **(meta.get("provenance") or {})}
+    return meta.get("experiment"), {k: v for k, v in provenance.items() if k in PROVENANCE_KEYS}
 
 
 def read_dataset_plots(dataset_dir: Path) -> list[tuple[str, bytes]]:
@@ -104,17 +95,16 @@ def finite(x: Any) -> bool:
 
 
 def gather(name: str, experiment: dict, samples_dir: Path, dataset_dir: Path | None = None,
-           run_dir: Path | None = None, metrics: Path | None = None) -> ReportInputs:
+           model_dir: Path | None = None, metrics: Path | None = None) -> ReportInputs:
     inputs = ReportInputs(name=name, experiment=experiment, samples_dir=samples_dir,
-                          samples=read_index(samples_dir), dataset_dir=dataset_dir, run_dir=run_dir,
+                          samples=read_index(samples_dir), dataset_dir=dataset_dir, model_dir=model_dir,
                           metrics_path=metrics)
     if dataset_dir is not None:
         inputs.dataset_stats = read_json(dataset_dir / "stats.json")
         inputs.dataset_plots = read_dataset_plots(dataset_dir)
-    if run_dir is not None:
-        inputs.training = read_training_log(run_dir / "metrics.jsonl")
-        inputs.run_config = read_json(run_dir / "config.json")
-        inputs.provenance = read_provenance(run_dir, inputs.run_config)
+    if model_dir is not None:  # the train stage's declared output, never its run directory
+        inputs.training = read_training_log(model_dir / "metrics.jsonl")
+        inputs.run_config, inputs.provenance = read_model(model_dir)
     if metrics is not None:
         inputs.evaluation = read_json(metrics)
     return inputs

@@ -5,10 +5,10 @@ and videos are base64 `data:video/mp4` URIs, so the one file can be archived, ma
 issue and still open years later. It weighs 4/3 of the sample videos (base64) plus the plots;
 videos over 1.5 MB go in as smaller previews (longvid.report.preview).
 
-Inputs: the samples index (`--samples DIR` holding index.json and the videos; required) and, each
-optional — the page shows a "not available" note when one is missing — the dataset's stats.json and
-stats/*.png, the run's metrics.jsonl and config.json (plus its latest checkpoint's code and dataset
-versions) and the evaluate stage's metrics.json. All text from inputs (prompts above all) is escaped.
+Inputs: the samples index (index.json and the videos; required) and, each optional — the page shows
+a "not available" note when one is missing — the dataset's stats.json and stats/*.png, the exported
+model's config.json (the experiment it was trained with, its step and provenance) and metrics.jsonl
+(the training curve), and the evaluate stage's metrics.json. All text from inputs (prompts above all) is escaped.
 
 A small inline script marks each video `data-loaded="1"` (and `data-video-width`) once the browser
 has decoded its first frame, shows a note under a video it cannot decode, and marks each decoded
@@ -18,13 +18,11 @@ image `data-ok="1"`; the tests read these marks back from a headless Chromium.
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 from html import escape as esc
 from pathlib import Path
 
-from longvid.io import InputError, write_text
-from longvid.report.gather import ReportInputs, gather
+from longvid.report.gather import ReportInputs
 from longvid.report.sections import dataset_section, fmt, metrics_section, samples_section, training_section
 
 log = logging.getLogger(__name__)
@@ -111,28 +109,3 @@ def render_page(inputs: ReportInputs, generated: datetime.datetime | None = None
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<style>{STYLE}</style></head><body>{header(inputs, generated)}<main>{body}</main>"
             f"<script>{SCRIPT}</script></body></html>\n")
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--experiment", required=True, help="resolved experiment config, as JSON")
-    p.add_argument("--name", required=True, help="experiment name (page title)")
-    p.add_argument("--samples", required=True, type=Path, help="results/samples/{exp}: index.json, videos")
-    p.add_argument("--out", required=True, type=Path, help="results/report/{exp}.html")
-    p.add_argument("--dataset-dir", type=Path, help="data/datasets/{dataset} (stats.json, stats/*.png)")
-    p.add_argument("--run-dir", type=Path, help="results/train/{exp} (metrics.jsonl, config.json)")
-    p.add_argument("--metrics", type=Path, help="results/eval/{exp}/metrics.json from `longvid evaluate`")
-
-
-def run(args) -> int:
-    try:
-        experiment = json.loads(args.experiment)
-    except json.JSONDecodeError as e:
-        raise InputError(f"--experiment: not valid JSON ({e.msg})") from None
-    if not isinstance(experiment, dict):
-        raise InputError("--experiment: expected a JSON object")
-    inputs = gather(args.name, experiment, args.samples, dataset_dir=args.dataset_dir, run_dir=args.run_dir,
-                    metrics=args.metrics)
-    page = render_page(inputs)
-    write_text(args.out, page)
-    log.info("wrote %s (%.2f MB, %d videos)", args.out, len(page.encode()) / 1e6, len(inputs.samples))
-    return 0

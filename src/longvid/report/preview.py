@@ -11,7 +11,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from longvid.ingest.ffmpeg import run as ffmpeg
+import ffmpeg
+
+from longvid.video import h264, run_ffmpeg
 
 PREVIEW_BYTES = 1_500_000
 PREVIEW_WIDTH = 480
@@ -25,7 +27,7 @@ def embeddable(path: Path, max_bytes: int = PREVIEW_BYTES, max_width: int = PREV
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "preview.mp4"
         # even width and height, as yuv420p needs; never upscaled
-        ffmpeg(["-i", str(path), "-vf", f"scale='min({max_width},iw)':-2", "-c:v", "libx264", "-preset", "veryfast",
-                "-crf", "30", "-pix_fmt", "yuv420p", "-an", "-movflags", "+faststart", str(out)])
+        scaled = ffmpeg.input(str(path)).video.filter("scale", f"min({max_width},iw)", -2)
+        run_ffmpeg(h264(scaled, out, crf=30))
         preview = out.read_bytes()
     return (preview, True) if len(preview) < len(data) else (data, False)

@@ -125,7 +125,7 @@ def training_section(inputs: ReportInputs) -> str:
     parts = []
     rows = inputs.training
     if not rows:
-        parts.append(note(f"Training curve not available ({where(inputs.run_dir, 'metrics.jsonl')})."))
+        parts.append(note(f"Training curve not available ({where(inputs.model_dir, 'metrics.jsonl')})."))
     else:
         losses = [(r["loss"], r["step"]) for r in rows if finite(r.get("loss"))]
         lowest = min(losses) if losses else (None, None)
@@ -137,7 +137,7 @@ def training_section(inputs: ReportInputs) -> str:
             ("median tokens/s", median_of(rows, "tokens_per_s"))]))
     cfg = inputs.run_config
     if cfg is None:
-        parts.append(note(f"Run configuration not available ({where(inputs.run_dir, 'config.json')})."))
+        parts.append(note(f"Run configuration not available ({where(inputs.model_dir, 'config.json')})."))
     else:
         model, train = cfg.get("model") or {}, cfg.get("train") or {}
         parts.append(key_values([

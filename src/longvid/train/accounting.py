@@ -22,18 +22,17 @@ take the time of the line before them.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from longvid.io import InputError, write_json
+from longvid.io import LOG_DATEFMT, LOG_FORMAT, InputError, write_json
 
-# The trainer logs with these. start_message() is its first line at every (re)start (lines before it
-# would count as the previous period's when attempts append to one file); end_message() its last.
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-LOG_DATEFMT = "%Y-%m-%dT%H:%M:%S%z"
+# Every stage logs with LOG_FORMAT/LOG_DATEFMT (longvid.cli). start_message() is the trainer's first
+# line at every (re)start (lines before it would count as the previous period's when attempts append
+# to one file); end_message() its last.
+__all__ = ["LOG_DATEFMT", "LOG_FORMAT", "end_message", "report", "start_message"]
 
 
 def start_message(step: int, **fields) -> str:
@@ -232,18 +231,3 @@ def format_text(rep: dict) -> str:
             f"lost        {hms(t['lost_seconds']):>11}  {t['lost_pct']:5.1f}%  ({t['lost_steps']} steps trained twice)",
             f"useful      {hms(t['useful_seconds']):>11}  {t['useful_pct']:5.1f}%  (final step {t['final_step']})"]
     return "\n".join(out)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("logs", nargs="+", help="log files, or directories searched for *.log/*.out/*.err/*.txt")
-    p.add_argument("--now", action="store_true", help="count the time since the last log line as an ongoing interruption")
-    p.add_argument("--idle-minutes", type=float, default=5.0, help="with --now: silence longer than this is an interruption")
-    p.add_argument("--json", type=Path, help="also write the report as JSON here")
-
-
-def run(args: argparse.Namespace) -> int:
-    rep = report(args.logs, now=dt.datetime.now() if args.now else None, idle_minutes=args.idle_minutes)
-    print(format_text(rep))
-    if args.json:
-        write_json(args.json, rep)
-    return 0

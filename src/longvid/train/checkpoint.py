@@ -19,7 +19,6 @@ the first save, not at the resume hours later. RNG states are converted by `capt
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import random
@@ -33,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from longvid.io import InputError
-from longvid.train.dist import barrier
+from longvid.dist import barrier
 
 MODEL_FILE, TRAINER_FILE, META_FILE, LATEST_FILE = "model.pt", "trainer.pt", "meta.json", "latest"
 PLAIN_TYPES = (torch.Tensor, str, int, float, bool, type(None), torch.dtype, torch.Size)
@@ -86,13 +85,6 @@ def check_plain(obj: Any, where: str = "state") -> None:
                         "store tensors, numbers, strings, lists or dicts")
 
 
-def config_hash(config: Any) -> str | None:
-    if config is None:
-        return None
-    blob = json.dumps(config, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
 def code_version() -> str | None:
     """`git describe --always --dirty` of the checkout this package runs from, if it is one."""
     try:
@@ -134,13 +126,13 @@ class CheckpointManager:
     `save_engine`/`load_engine` are collective: every DeepSpeed rank calls them. With several
     nodes, run_dir must be on a shared filesystem (as DeepSpeed's own checkpoints require)."""
 
-    def __init__(self, run_dir: str | os.PathLike, keep_last: int = 3, config: Any = None,
-                 dataset_version: str | None = None, run_identity: str | None = None):
+    def __init__(self, run_dir: str | os.PathLike, keep_last: int = 3, dataset_version: str | None = None,
+                 run_identity: str | None = None):
         if keep_last < 1:
             raise ValueError(f"keep_last={keep_last}: must keep at least one checkpoint")
         self.dir = Path(run_dir) / "checkpoints"
         self.keep_last = keep_last
-        self.meta = {"config_hash": config_hash(config), "code_version": code_version(),
+        self.meta = {"code_version": code_version(),
                      "dataset_version": dataset_version, "run_identity": run_identity}
 
     def foreign(self, path: Path) -> str | None:

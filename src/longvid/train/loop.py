@@ -1,7 +1,7 @@
 """Train an experiment's model: one loop for CPU and GPU, one process or many.
 
 Started by `torchrun` locally or by `srun` on Slurm (one task per GPU, any number of nodes); see
-longvid.train.dist. With `train.deepspeed`, DeepSpeed (ZeRO, bf16, clipping) wraps the model: gloo on
+longvid.dist. With `train.deepspeed`, DeepSpeed (ZeRO, bf16, clipping) wraps the model: gloo on
 CPU, NCCL on GPUs. Otherwise plain PyTorch, with DDP when there are several processes.
 
 Resuming is automatic: the latest checkpoint in the run directory restores model, optimizer, LR
@@ -10,7 +10,7 @@ a run never interrupted (CPU, `train.deterministic`). SIGTERM/SIGUSR1 (Slurm's w
 limit or preemption) save a checkpoint at once and exit 75, so the rule's retry resumes it.
 Checkpoints of another run - the run directory outlives a change of training settings or data, after
 which Snakemake trains again - are not resumed: they move to `superseded/` and training starts over.
-Only `steps` and bookkeeping (RESUMABLE_CHANGES) may change and still resume: more steps continue.
+Only `steps` and bookkeeping (longvid.config.RESUMABLE_TRAIN_KEYS) may change and still resume: more steps continue.
 
 Per-sample randomness (noise, timestep, text dropout) is drawn from generators keyed by the sample's
 position in the global batch, not by rank: N processes on a global batch compute what one process
@@ -25,21 +25,21 @@ import logging
 import math
 import os
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from longvid.diffusion.loss import diffusion_loss, drop_text, timestep_band
-from longvid.io import write_json
+from longvid.config import training_identity
+from longvid.dvc_publish import dataset_version
 from longvid.models.regimes import Regime, apply_regime, param_groups, parameter_table
 from longvid.train import accounting
 from longvid.train.checkpoint import CheckpointManager, capture_rng, restore_rng
-from longvid.train.components import build_dit, build_encoders, build_schedule
+from longvid.runtime import build_dit, build_encoders, build_schedule
 from longvid.train.data import make_loader
-from longvid.train.dist import all_reduce_mean, barrier, cleanup, init_distributed
-from longvid.train.export import export_model
+from longvid.dist import all_reduce_mean, barrier, cleanup, init_distributed
+from longvid.models.export import export_model
 from longvid.train.metrics import MetricsLogger, Throughput, progress
 from longvid.train.signals import EXIT_PREEMPTED, PreemptionHandler
 
@@ -100,7 +100,7 @@ class Trainer:
         elif self.info.world_size > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.ckpt = CheckpointManager(run_dir, keep_last=self.cfg["keep_last"], config=exp,
+        self.ckpt = CheckpointManager(run_dir, keep_last=self.cfg["keep_last"],
                                       dataset_version=dataset_version(dataset_dir),
                                       run_identity=run_identity(exp, latents or Path(dataset_dir) / "train.jsonl"))
         self.step = 0
@@ -242,22 +242,18 @@ class Trainer:
                     log.info(accounting.end_message(self.step, reason="preempted"))
                     return EXIT_PREEMPTED
         if self.info.is_main:
-            export_model(self.model, self.exp, self.run_dir / "final", step=self.step)
+            # the declared output carries what the report shows: provenance and the training curve
+            export_model(self.model, self.exp, self.run_dir / "final", step=self.step, provenance=self.ckpt.meta,
+                         metrics=self.run_dir / "metrics.jsonl")
         log.info(accounting.end_message(self.step))
         return 0
 
 
-# Settings that do not change what a step computes: a run with only these changed resumes (asking for
-# more `steps` continues training rather than starting over).
-RESUMABLE_CHANGES = ("steps", "save_every", "keep_last", "log_every", "wandb_project")
-
-
 def run_identity(exp: dict, data_file: Path) -> str:
-    """Hash of what determines the training trajectory: the experiment's training-relevant sections
-    and the bytes of the data listing (latent index or train.jsonl)."""
-    relevant = {k: v for k, v in exp.items() if k not in ("sample", "evaluate", "description", "name")}
-    relevant["train"] = {k: v for k, v in exp["train"].items() if k not in RESUMABLE_CHANGES}
-    digest = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode())
+    """Hash of what determines the training trajectory (longvid.config.training_identity: the
+    train stage's inputs less the resumable keys) and of the bytes of the data listing (latent index
+    or train.jsonl)."""
+    digest = hashlib.sha256(json.dumps(training_identity(exp), sort_keys=True, default=str).encode())
     try:
         digest.update(Path(data_file).read_bytes())
     except OSError:
@@ -276,34 +272,3 @@ def supersede(run_dir: Path) -> Path:
         if (run_dir / name).exists():
             os.replace(run_dir / name, target / name)
     return target
-
-
-def dataset_version(dataset_dir: Path) -> str | None:
-    """The DVC hash of the dataset when it is versioned, else None."""
-    dvc_file = dataset_dir.with_name(dataset_dir.name + ".dvc")
-    if dvc_file.exists():
-        for line in dvc_file.read_text().splitlines():
-            if line.strip().startswith("- md5:") or line.strip().startswith("md5:"):
-                return line.split(":", 1)[1].strip()
-    return None
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--experiment", required=True, help="resolved experiment config, as JSON")
-    p.add_argument("--dataset-dir", required=True, type=Path, help="data/datasets/{dataset}")
-    p.add_argument("--run-dir", required=True, type=Path, help="results/train/{experiment}")
-    p.add_argument("--latents", type=Path, help="latent cache index from `longvid encode` (else encode on the fly)")
-
-
-def run(args) -> int:
-    exp = json.loads(args.experiment)
-    args.run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(exp, args.run_dir, args.dataset_dir, args.latents)
-    if trainer.info.is_main:
-        write_json(args.run_dir / "config.json", exp)
-    t0 = time.time()
-    code = trainer.fit()
-    log.info("training took %.1f s", time.time() - t0)
-    cleanup()
-    return code
-

@@ -13,7 +13,7 @@ import os
 import threading
 from pathlib import Path
 
-from longvid.ingest.manifest import sha256_file
+from longvid.io import sha256_file
 from longvid.io import dumps_row
 
 

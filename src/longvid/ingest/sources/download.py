@@ -28,7 +28,7 @@ from tqdm import tqdm
 from longvid.ingest import manifest
 from longvid.ingest.sources.checksums import ChecksumCache
 from longvid.ingest.sources.local import VIDEO_EXTENSIONS
-from longvid.io import InputError
+from longvid.io import InputError, one_line, sha256_file
 
 log = logging.getLogger(__name__)
 # urllib3 logs every request line, query string included, at DEBUG: with `longvid -v` that would put
@@ -79,10 +79,6 @@ def scrub(message: str, url: str) -> str:
     for s in sorted(secrets_of(url), key=len, reverse=True):
         message = message.replace(s, "REDACTED")
     return " ".join(message.split())
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(f"{type(e).__name__}: {e}".split())
 
 
 def check_backends(entries: list[dict]) -> None:
@@ -211,7 +207,7 @@ def _verify(part: Path, entry: dict) -> str:
     got = part.stat().st_size
     if entry["bytes"] is not None and got != entry["bytes"]:
         raise Mismatch(f"size mismatch: expected {entry['bytes']} bytes, got {got}")
-    digest = manifest.sha256_file(part)
+    digest = sha256_file(part)
     if entry["sha256"] and digest != entry["sha256"]:
         raise Mismatch(f"sha256 mismatch: expected {entry['sha256']}, got {digest}")
     return digest
@@ -250,7 +246,7 @@ def download(entry: dict, opt: Options) -> dict:
             error = str(e)
             break
         except Exception as e:  # noqa: BLE001 - network faults of every kind are retried
-            error = str(e) if isinstance(e, Retry) else _one_line(e)
+            error = str(e) if isinstance(e, Retry) else one_line(e)
             if attempt >= opt.retries:
                 break
             wait = getattr(e, "wait", None)

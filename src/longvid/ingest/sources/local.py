@@ -20,12 +20,14 @@ problems are the probe stage's business.
 
 from __future__ import annotations
 
-import glob
+import fnmatch
 import logging
+import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from longvid import config as lvconfig
 from longvid.ingest import manifest
 from longvid.ingest.sources.checksums import ChecksumCache
 from longvid.io import InputError, atomic_path
@@ -39,25 +41,100 @@ def _one_line(e: BaseException) -> str:
     return " ".join(f"{type(e).__name__}: {e}".split())
 
 
-def find_videos(pattern: str, recursive: bool = True, extensions=VIDEO_EXTENSIONS,
-                key: str = "source.path") -> list[Path]:
-    """Video files named by a folder, glob or file, sorted; InputError when there are none."""
+def _match(parts: tuple, pats: tuple, prefix: bool = False) -> bool:
+    """Whether path parts match glob parts (`**` spans any number of folders); with `prefix`,
+    whether a match may lie below the folder `parts`."""
+    if not parts:
+        return bool(pats) if prefix else all(q == "**" for q in pats)
+    if not pats:
+        return False
+    if pats[0] == "**":
+        return _match(parts, pats[1:], prefix) or _match(parts[1:], pats, prefix)
+    return fnmatch.fnmatchcase(parts[0], pats[0]) and _match(parts[1:], pats[1:], prefix)
+
+
+def _link_problem(path: Path) -> str:
+    try:
+        path.stat()
+        return f"{path}: not a regular file"
+    except OSError as e:
+        what = "dangling symlink" if isinstance(e, FileNotFoundError) else _one_line(e)
+        target = f" -> {os.readlink(path)}" if path.is_symlink() else ""
+        return f"{path}{target}: {what}"
+
+
+def walk(top: Path, wanted, problems: list) -> list[Path]:
+    """Files under `top` whose parts relative to it satisfy `wanted(parts, is_dir)`; hidden names
+    are skipped. Symlinked folders are followed, each real folder once: one that leads back to a
+    folder it lies in is a loop (glob's `**` follows those until the path is too long, exponentially
+    often), reported like a folder that cannot be listed or an entry that cannot be examined:
+    appended to `problems` as (path, message), never raised and never silently dropped."""
+    # Linked folders wait until the real ones are walked, so a video reached both ways keeps its
+    # real path (its id).
+    files, walked, stack, links = [], set(), [(top, ())], []
+    while stack or links:
+        d, rel = stack.pop() if stack else links.pop(0)
+        real = os.path.realpath(d)
+        if real in walked:
+            if rel and Path(os.path.realpath(d.parent)).is_relative_to(real):
+                target = f" -> {os.readlink(d)}" if d.is_symlink() else ""
+                problems.append((d, f"{d}{target}: symlink loop (leads back to {real})"))
+            continue  # else reached twice through links: listed once
+        walked.add(real)
+        try:
+            with os.scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            if not rel:
+                raise InputError(f"source.path: cannot list {d}: {_one_line(e)}") from None
+            problems.append((d, f"{d}: cannot list folder: {_one_line(e)}"))
+            continue
+        for e in entries:
+            path, parts = d / e.name, (*rel, e.name)
+            if e.name.startswith("."):
+                continue
+            try:
+                if e.is_dir():
+                    if wanted(parts, True):
+                        (links if e.is_symlink() else stack).append((path, parts))
+                elif wanted(parts, False):
+                    if e.is_file():
+                        files.append(path)
+                    else:  # a dangling link or a fifo named like a video: say so, do not read it
+                        problems.append((path, _link_problem(path)))
+            except OSError as err:  # a link loop, or an entry of a folder that may not be searched
+                if wanted(parts, False) or wanted(parts, True):
+                    problems.append((path, f"{path}: {_one_line(err)}"))
+    return files
+
+
+def find_videos(pattern: str, recursive: bool, extensions: list[str],
+                key: str = "source.path") -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Video files named by a folder, glob or file, sorted, and (path, problem) for each entry that
+    could not be examined; InputError when there are neither."""
     exts = {("." + e.lower().lstrip(".")) for e in extensions}
     p = Path(pattern).expanduser()
+    problems: list[tuple[Path, str]] = []
+
+    def is_video(parts) -> bool:
+        return Path(parts[-1]).suffix.lower() in exts
+
     if any(c in pattern for c in "*?["):
-        matches = [Path(m) for m in glob.glob(str(p), recursive=True)]
+        # walked here rather than by glob.glob, which hangs on symlink loops under `**`
+        i = next(i for i, part in enumerate(p.parts) if any(c in part for c in "*?["))
+        base, pats = Path(*p.parts[:i]) if i else Path("."), p.parts[i:]
+        matches = walk(base, lambda parts, is_dir: _match(parts, pats, is_dir) and (is_dir or is_video(parts)),
+                       problems) if base.is_dir() else []
     elif p.is_dir():
-        walk = p.rglob("*") if recursive else p.iterdir()
-        matches = [m for m in walk if not any(part.startswith(".") for part in m.relative_to(p).parts)]
+        matches = walk(p, lambda parts, is_dir: recursive if is_dir else is_video(parts), problems)
     elif p.is_file():
-        matches = [p]
+        matches = [p] if p.suffix.lower() in exts else []
     else:
         raise InputError(f"{key}: no such file or folder: {pattern}")
-    videos = sorted({m for m in matches if m.suffix.lower() in exts and not m.name.startswith(".")
-                     and m.is_file()}, key=str)
-    if not videos:
+    videos = sorted(set(matches), key=str)
+    if not videos and not problems:
         raise InputError(f"{key}: no video files ({', '.join(sorted(exts))}) in {pattern}")
-    return videos
+    return videos, sorted(problems, key=lambda pr: str(pr[0]))
 
 
 def sidecar_captions(video: Path) -> list[dict]:
@@ -98,16 +175,17 @@ def materialise_all(items: list[dict], out_dir: Path, copy: bool = False, worker
 
 
 def fetch(source: dict, out_dir: Path) -> list[dict]:
-    if "path" not in source:
-        raise InputError("source.path: required for a local source (a folder, glob or file)")
-    mode = source.get("captions", "sidecar")
-    if mode not in ("sidecar", "none", None):
-        raise InputError(f"source.captions: expected 'sidecar' or 'none', got {mode!r}")
-    videos = find_videos(str(source["path"]), bool(source.get("recursive", True)),
-                         source.get("extensions", VIDEO_EXTENSIONS))
-    items = [{"source": str(v), "path": v, "captions": sidecar_captions(v) if mode == "sidecar" else []}
-             for v in videos]
-    rows = materialise_all(items, out_dir, bool(source.get("copy", False)), source.get("workers", 4))
+    source = lvconfig.source(source)
+    videos, failed = find_videos(source["path"], source["recursive"], source["extensions"])
+    items = []
+    for v in videos:
+        try:
+            items.append({"source": str(v), "path": v,
+                          "captions": sidecar_captions(v) if source["captions"] == "sidecar" else []})
+        except OSError as e:
+            failed.append((v, f"{v.with_suffix('.txt')}: unreadable caption sidecar: {_one_line(e)}"))
+    rows = materialise_all(items, out_dir, source["copy"], source["workers"])
+    rows = sorted(rows + [manifest.row(str(p), p, error=msg) for p, msg in failed], key=lambda r: r["source"])
     log.info("local: %d videos from %s (%d unreadable)", len(rows), source["path"],
              sum(bool(r["error"]) for r in rows))
     return rows

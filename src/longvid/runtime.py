@@ -1,5 +1,7 @@
-"""Build what an experiment trains and samples with: DiT, VAE, text encoder, noise schedule.
+"""The shared runtime of the model stages: build what an experiment encodes, trains, samples and
+evaluates with (VAE, text encoder, DiT, noise schedule), and load an exported model with them.
 
+encode, train, sample, evaluate and the benches all start here; no stage builds these itself.
 The DiT's geometry follows from the data and the encoders, so an experiment names only the size and
 the long-video variant: num_frames from `data.num_frames`, the latent size from `data.height/width`
 and the VAE's compression, channels from the VAE, text width/length from the text encoder.
@@ -31,6 +33,11 @@ class Encoders:
     def identity(self) -> str:
         """Names the encoders, for the content-addressed latent cache."""
         return f"{self.vae.encoder_id}|{self.text.encoder_id}"
+
+    def to(self, device) -> "Encoders":
+        self.vae.to(device)
+        self.text.to(device)
+        return self
 
 
 def build_encoders(exp: dict) -> Encoders:
@@ -88,3 +95,26 @@ def build_schedule(exp: dict) -> NoiseSchedule:
     if shift is None:
         shift = DIFFUSION_DEFAULTS[exp["model"]["size"]]["snr_shift_scale"]
     return NoiseSchedule.cogvideox(snr_shift_scale=shift)
+
+
+@dataclass
+class Pipeline:
+    """An exported model with the encoders and schedule of its experiment, on one device: what
+    sampling and evaluation run."""
+
+    model: torch.nn.Module
+    encoders: Encoders
+    schedule: NoiseSchedule
+    meta: dict  # the export's config.json
+    device: torch.device
+
+    @classmethod
+    def load(cls, model_dir, exp: dict, device) -> "Pipeline":
+        from longvid.models.export import load_model
+
+        device = torch.device(device)
+        model, meta = load_model(model_dir, device=device)
+        if meta.get("experiment", {}).get("model") != exp["model"]:
+            log.warning("%s was trained with another model section than the experiment given "
+                        "(encoders, size or variant differ)", model_dir)
+        return cls(model, build_encoders(exp).to(device), build_schedule(exp), meta, device)
