@@ -73,3 +73,28 @@ class MediaTags(HTMLParser):
             self.videos.append(dict(attrs))
         elif tag == "img":
             self.images.append(dict(attrs))
+
+
+def write_config(root: Path, datasets: dict | None = None, experiments: dict | None = None) -> Path:
+    """A config tree under `root` (config/config.yaml, config/datasets/*.yaml, config/experiments/*.yaml)
+    for running stages by name (`--configfile`) on test data; returns the config.yaml path."""
+    import yaml
+
+    for kind, entries in (("datasets", datasets or {}), ("experiments", experiments or {})):
+        for name, cfg in entries.items():
+            path = root / "config" / kind / f"{name}.yaml"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(yaml.safe_dump(cfg))
+    top = root / "config" / "config.yaml"
+    top.write_text(yaml.safe_dump({"datasets": {n: {} for n in datasets or {}},
+                                   "experiments": {n: {} for n in experiments or {}}}))
+    return top
+
+
+def stage_args(kind: str, name: str, stage: str, cfg: dict, root: Path) -> list[str]:
+    """`--experiment|--dataset NAME --stage-config FILE` for calling a stage on a config dict, as the
+    workflow's rules do (the file written under `root`)."""
+    from longvid import config as lvconfig
+
+    rel = lvconfig.write_stage_config(kind, name, stage, lvconfig.stage_inputs(kind, cfg, stage), root)
+    return [f"--{kind}", name, "--stage-config", str(root / rel)]

@@ -22,17 +22,17 @@ from longvid.io import InputError
 from longvid.sample import (
     Prompt,
     VideoSampler,
-    add_arguments,
     plan,
     publish,
     read_prompts,
-    run,
     sample_seed,
     sample_shard,
     shard,
     write_index,
 )
+from conftest import stage_args
 from longvid.runtime import build_dit, build_encoders
+from longvid.stages.sample import add_arguments, run
 from longvid.models.export import export_model
 from longvid.video import encode_frames, read_video
 
@@ -109,8 +109,8 @@ def test_run_writes_videos_sidecars_index_and_skips_finished(model_dir, tmp_path
         monkeypatch.setenv(k, v)
     p = argparse.ArgumentParser()
     add_arguments(p)
-    args = p.parse_args(["--experiment", json.dumps(exp), "--model", str(model_dir), "--out-dir", str(out),
-                         "--prompts", str(prompts)])
+    args = p.parse_args([*stage_args("experiment", "tiny", "sample", exp, tmp_path), "--model", str(model_dir),
+                         "--out-dir", str(out), "--work-dir", str(out), "--prompts", str(prompts)])
     assert run(args) == 0
 
     names = [f"{i:04d}_{j:02d}" for i in range(2) for j in range(2)]

@@ -1,12 +1,14 @@
 """The data half end to end through real Snakemake runs on a tiny synthetic dataset."""
 
 import json
+import os
 import re
 import subprocess
+import sys
 
 import pytest
 
-from conftest import REPO, snakemake
+from conftest import VENV_BIN, snakemake
 from longvid.ingest import synthetic
 
 pytestmark = pytest.mark.slow
@@ -24,7 +26,11 @@ def job_counts(dry_run_stdout: str) -> dict[str, int]:
 
 
 def test_build_rerun_nothing_then_only_downstream_of_a_changed_threshold(repo_copy):
-    snakemake(repo_copy, *DATA, "--configfile", TINY)
+    # `.venv/bin/snakemake` from a shell whose PATH lacks the venv: every job must still find longvid
+    plain = {"HOME": os.environ.get("HOME", "/root"), "PATH": "/usr/local/bin:/usr/bin:/bin"}
+    proc = subprocess.run([str(VENV_BIN / "snakemake"), "--cores", "2", *DATA, "--configfile", TINY],
+                          cwd=repo_copy, env=plain, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     ds = repo_copy / "data/datasets/shapes"
     train = [json.loads(line) for line in (ds / "train.jsonl").read_text().splitlines()]
     val = [json.loads(line) for line in (ds / "val.jsonl").read_text().splitlines()]
@@ -53,6 +59,14 @@ def test_build_rerun_nothing_then_only_downstream_of_a_changed_threshold(repo_co
     assert stats["clips"]["train"] + stats["clips"]["val"] == 5
     assert stats["reject_reasons"] == {"motion": 1}
 
+    # A person runs a stage by name and gets what the rule made: same config, same default paths.
+    made = {t: (repo_copy / f"data/shards/shapes/s00000/{t}.jsonl").read_bytes() for t in ("filtered", "captioned")}
+    for stage in ("filter", "caption"):
+        subprocess.run([sys.executable, "-m", "longvid", stage, "--dataset", "shapes", "--shard", "s00000",
+                        "--configfile", TINY, str(tweak)], cwd=repo_copy, check=True, capture_output=True)
+    assert {t: (repo_copy / f"data/shards/shapes/s00000/{t}.jsonl").read_bytes() for t in made} == made
+    assert job_counts(snakemake(repo_copy, "-n", *DATA, "--configfile", TINY, str(tweak)).stdout) == {}
+
 
 def test_invalid_config_fails_before_any_job_naming_the_key(repo_copy):
     bad = repo_copy / "bad.yaml"
@@ -63,6 +77,21 @@ def test_invalid_config_fails_before_any_job_naming_the_key(repo_copy):
     bad.write_text("datasets: {shapes: {filter: {min_frames: 48}}}\n")
     proc = snakemake(repo_copy, "-n", "--configfile", str(bad), check=False)
     assert "filter.min_frames: 48 is not 8N+1" in proc.stdout + proc.stderr
+    bad.write_text("datasets: {shapes: {source: {num_vidoes: 3}}}\n")
+    proc = snakemake(repo_copy, "-n", "--configfile", str(bad), check=False)
+    assert proc.returncode != 0 and "config/datasets/shapes.yaml: source.num_vidoes: unknown key" in proc.stdout + proc.stderr
+    bad.write_text("experiments: {tiny: {model: {overrides: {attn_windw: 4}}}}\n")
+    proc = snakemake(repo_copy, "-n", "--configfile", str(bad), check=False)
+    assert proc.returncode != 0
+    assert "config/experiments/tiny.yaml: model.overrides.attn_windw" in proc.stdout + proc.stderr
+    assert "Job stats" not in proc.stdout  # nothing was planned, let alone run
+
+
+def test_a_broken_unused_dataset_file_does_not_break_other_targets(repo_copy):
+    (repo_copy / "config/datasets/broken.yaml").write_text("source: {type: local}\nfilter: {min_frames: 48}\n")
+    assert "Job stats" in snakemake(repo_copy, "-n").stdout
+    proc = snakemake(repo_copy, "-n", "data/datasets/broken/train.jsonl", check=False)
+    assert proc.returncode != 0 and "config/datasets/broken.yaml" in proc.stdout + proc.stderr
 
 
 def test_the_cluster_command_plans_the_5b_experiment(repo_copy):
@@ -70,17 +99,22 @@ def test_the_cluster_command_plans_the_5b_experiment(repo_copy):
     GPU stages launched with one srun task per GPU."""
     proc = snakemake(repo_copy, "--profile", "profiles/slurm", "-n", "results/samples/5b_sft")
     assert job_counts(proc.stdout) == {"fetch": 1, "shard": 1, "dataset": 1, "encode": 1, "train": 1, "sample": 1}
-    assert "srun -n 8 longvid train" in proc.stdout and "srun -n 8 longvid sample" in proc.stdout
+    # one srun task per GPU, each handed the stage's resolved config
+    assert re.search(r"srun -n 8 longvid train --experiment 5b_sft --stage-config results/config/", proc.stdout)
+    assert "srun -n 8 longvid sample --experiment 5b_sft" in proc.stdout
     assert "--out-dir results/samples/5b_sft" in proc.stdout
 
 
-def test_lint_format_dag_and_every_rule_has_log_and_benchmark():
-    lint = snakemake(REPO, "--lint")
-    assert "Congratulations" in lint.stdout + lint.stderr
-    fmt = subprocess.run(["snakefmt", "--check", "workflow/"], cwd=REPO, capture_output=True, text=True)
+def test_lint_format_dag_and_every_rule_has_log_and_benchmark(repo_copy):
+    # The venv is the deployment (README: no conda envs), so lint's per-rule conda recommendation is
+    # expected; any other lint is a failure.
+    lint = snakemake(repo_copy, "--lint", check=False)
+    found = re.findall(r"^\s+\* (.+?):?$", lint.stdout + lint.stderr, re.M)
+    assert found and set(found) == {"Specify a conda environment or container for each rule."}, lint.stdout[-3000:]
+    fmt = subprocess.run(["snakefmt", "--check", "workflow/"], cwd=repo_copy, capture_output=True, text=True)
     assert fmt.returncode == 0, fmt.stderr
-    assert snakemake(REPO, "--dag").stdout.lstrip().startswith("digraph")
-    rules = (REPO / "workflow/rules").glob("*.smk")
+    assert snakemake(repo_copy, "--dag").stdout.lstrip().startswith("digraph")
+    rules = (repo_copy / "workflow/rules").glob("*.smk")
     for smk in rules:
         blocks = re.split(r"^(?=(?:rule|checkpoint) \w+:)", smk.read_text(), flags=re.M)[1:]
         for block in blocks:

@@ -135,7 +135,73 @@ def experiment(name: str, overrides: dict | None = None, root: Path = ROOT) -> d
         raise InputError(f"{where}: data.num_frames: {frames} is not 8N+1 (49, 145, ...)")
     if not (Path(root) / "config" / "datasets" / f"{cfg['dataset']}.yaml").exists():
         raise InputError(f"{where}: dataset: no config/datasets/{cfg['dataset']}.yaml")
+    check_model(cfg, where)
     return cfg
+
+
+# DiTConfig keys that runtime.dit_config fills in from the experiment: an override of one would be
+# silently replaced, so it is an error naming where the value comes from.
+DERIVED_DIT_KEYS = {
+    "num_frames": "data.num_frames", "latent_height": "data.height and the VAE's compression",
+    "latent_width": "data.width and the VAE's compression", "in_channels": "the VAE (model.vae.type)",
+    "out_channels": "the VAE (model.vae.type)", "text_dim": "the text encoder (model.text)",
+    "text_length": "model.text.max_length", "gradient_checkpointing": "train.gradient_checkpointing",
+}
+# What the encoders give runtime.dit_config, known without building them (torch): every VAE of
+# models/vae.py compresses 4x in time and 8x in space; latent channels are 3*4*8*8 (space_to_depth),
+# 3 (pool) and 16 (CogVideoX's released VAEs, read from its config at train time); T5-v1.1-XXL is
+# 4096 wide. Channels and text width only need to be positive here: no override rule involves them.
+VAE_GEOMETRY = {"space_to_depth": (4, 8, 768), "pool": (4, 8, 3), "cogvideox": (4, 8, 16)}
+T5_DIM = 4096
+
+
+def check_model(cfg: dict, where: str) -> None:
+    """Build the DiTConfig that training will build, from the experiment's data section and the
+    encoders' known geometry, so that a misspelt or invalid `model.overrides` key fails when the
+    config is resolved, not in `train` after fetch..encode ran. Torch-free (models.config/registry)."""
+    import dataclasses
+    import difflib
+    import re
+
+    from longvid.models.config import DiTConfig, check_frames
+    from longvid.models.registry import make_config
+
+    m, d = cfg["model"], cfg["data"]
+    known = [f.name for f in dataclasses.fields(DiTConfig)]
+    for key in m["overrides"]:
+        if key in DERIVED_DIT_KEYS:
+            raise InputError(f"{where}: model.overrides.{key}: derived from {DERIVED_DIT_KEYS[key]}; set that instead")
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else " (see longvid/models/config.py)"
+            raise InputError(f"{where}: model.overrides.{key}: unknown key{hint}")
+    t, s, channels = VAE_GEOMETRY[m["vae"]["type"]]
+    if d["height"] % s or d["width"] % s:
+        raise InputError(f"{where}: data.height/width: {d['height']}x{d['width']} is not a multiple of "
+                         f"the VAE's {s}x spatial compression")
+    derived = {"num_frames": d["num_frames"], "latent_height": d["height"] // s, "latent_width": d["width"] // s,
+               "in_channels": channels * (2 if m["size"] == "5b-i2v" else 1), "out_channels": channels,
+               "text_dim": m["text"]["dim"] if m["text"]["type"] == "tiny" else T5_DIM,
+               "text_length": m["text"]["max_length"], "gradient_checkpointing": cfg["train"]["gradient_checkpointing"]}
+    # DiTConfig names its keys model.<key>; name where each is set instead (a key left at the
+    # size's value stays model.<key>)
+    shown = {k: f"model.overrides.{k}" for k in m["overrides"]} | {
+        "num_frames": "data.num_frames", "latent_height": f"data.height/{s}", "latent_width": f"data.width/{s}",
+        "text_length": "model.text.max_length"}
+
+    def fail(e: InputError, at: str = "") -> InputError:
+        msg = re.sub(r"\bmodel\.(\w+)", lambda k: shown.get(k[1], k[0]), str(e))
+        return InputError(f"{where}: {at}{msg}")
+
+    try:
+        dit = make_config(m["size"], **m["overrides"], **derived)
+    except InputError as e:
+        raise fail(e) from None
+    for i, bucket in enumerate(d["buckets"] or []):  # each bucket's clip length meets the same rules
+        try:
+            check_frames(dit, (bucket[0] - 1) // t + 1)
+        except InputError as e:
+            raise fail(e, f"data.buckets[{i}] ({bucket[0]} frames): ") from None
 
 
 # ---- what determines each stage ------------------------------------------------------------------
@@ -237,13 +303,26 @@ def read_stage_config(path: Path, kind: str, stage: str) -> dict:
     return obj["config"]
 
 
-def by_name(kind: str, name: str, stage: str, configfile: Path | None = None) -> dict:
+def root_of(configfile: Path) -> Path:
+    """The checkout a config file belongs to: the nearest directory above it holding config/ (for
+    config/config.yaml the repository root; also for an override file such as tests/data/x.yaml)."""
+    for parent in Path(configfile).resolve().parents:
+        if (parent / "config" / "datasets").is_dir() or (parent / "config" / "experiments").is_dir():
+            return parent
+    return Path.cwd()
+
+
+def by_name(kind: str, name: str, stage: str, configfiles: list[Path] | None = None) -> dict:
     """Resolve `stage`'s inputs for dataset or experiment `name` from config files, as the workflow
-    does: config/{kind}s/<name>.yaml with the overrides of `configfile` (default config/config.yaml)."""
-    configfile = Path(configfile or ROOT / "config" / "config.yaml")
-    raw = load_yaml(configfile) if configfile.exists() else {}
-    root = configfile.resolve().parent.parent
-    top = validate(raw, "config.schema.yaml", str(configfile))
+    does: config/{kind}s/<name>.yaml with the overrides of `configfiles`, deep-merged in order like
+    Snakemake's --configfile (default: config/config.yaml)."""
+    configfiles = [Path(f) for f in configfiles or [ROOT / "config" / "config.yaml"]]
+    raw: dict = {}
+    for f in configfiles:
+        if f.exists() or f != ROOT / "config" / "config.yaml":
+            raw = deep_merge(raw, load_yaml(f))
+    top = validate(raw, "config.schema.yaml", str(configfiles[-1]))
+    root = root_of(configfiles[0])
     if kind == "dataset":
         cfg = dataset(name, top["datasets"].get(name), root)
     else:

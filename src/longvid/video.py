@@ -40,16 +40,18 @@ def cover_size(h: int, w: int, height: int, width: int) -> tuple[int, int]:
     return h * width // w, width
 
 
-def cover_crop(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+def cover_crop(rgb: np.ndarray, height: int, width: int, reformatter=None) -> np.ndarray:
     """An RGB uint8 (H, W, 3) image resized (bicubic, swscale) to cover (height, width), keeping its
-    aspect, then center-cropped to exactly (height, width, 3)."""
+    aspect, then center-cropped to exactly (height, width, 3). Pass one `av.video.reformatter.
+    VideoReformatter` for many frames of a size: it keeps the scaler (half the cost per frame)."""
     import av
 
     h, w = rgb.shape[:2]
     rh, rw = cover_size(h, w, height, width)
     if (rh, rw) != (h, w):
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        rgb = frame.reformat(width=rw, height=rh, format="rgb24", interpolation="BICUBIC").to_ndarray()
+        scaler = reformatter or av.video.reformatter.VideoReformatter()
+        rgb = scaler.reformat(frame, width=rw, height=rh, format="rgb24", interpolation="BICUBIC").to_ndarray()
     top, left = (rh - height) // 2, (rw - width) // 2
     return rgb[top:top + height, left:left + width]
 
@@ -88,14 +90,18 @@ def decode_frames(path: str | os.PathLike, indices: np.ndarray, src_fps: float, 
     decoded or ends before the last wanted frame."""
     if decoder not in DECODERS:
         raise InputError(f"data.decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+    from av.video.reformatter import VideoReformatter
+
     wanted = [int(i) for i in np.unique(indices)]
     backend = _pyav_frames if decoder == "pyav" else _decord_frames
     # Each frame is resized as soon as it is decoded: a 145-frame clip at source size would not fit.
-    got = backend(path, wanted, src_fps, lambda rgb: cover_crop(rgb, height, width))
+    # Kept swscale contexts (one per conversion: alternating sizes in one would rebuild it each time).
+    scaler, to_rgb = VideoReformatter(), VideoReformatter()
+    got = backend(path, wanted, src_fps, lambda rgb: cover_crop(rgb, height, width, scaler), to_rgb)
     return np.stack([got[int(i)] for i in indices])
 
 
-def _pyav_frames(path, wanted: list[int], src_fps: float, image) -> dict[int, np.ndarray]:
+def _pyav_frames(path, wanted: list[int], src_fps: float, image, to_rgb) -> dict[int, np.ndarray]:
     import av
 
     try:
@@ -110,16 +116,16 @@ def _pyav_frames(path, wanted: list[int], src_fps: float, image) -> dict[int, np
                 if seconds <= 0:
                     break
                 container.seek((stream.start_time or 0) + int(seconds / stream.time_base), stream=stream)
-                got = _collect(container.decode(stream), stream, wanted, src_fps, image, seeked=True)
+                got = _collect(container.decode(stream), stream, wanted, src_fps, image, to_rgb, seeked=True)
                 if got is not None:
                     return got
             container.seek(0)  # the clip's start is wanted, or no seek landed early enough
-            return _collect(container.decode(stream), stream, wanted, src_fps, image, seeked=False)
+            return _collect(container.decode(stream), stream, wanted, src_fps, image, to_rgb, seeked=False)
     except av.FFmpegError as e:
         raise ValueError(str(e) or type(e).__name__) from None
 
 
-def _collect(frames, stream, wanted: list[int], src_fps: float, image, seeked: bool
+def _collect(frames, stream, wanted: list[int], src_fps: float, image, to_rgb, seeked: bool
              ) -> dict[int, np.ndarray] | None:
     """Walk decoded frames; None when a seek landed after the first wanted frame."""
     t0, tb = stream.start_time or 0, stream.time_base
@@ -127,7 +133,7 @@ def _collect(frames, stream, wanted: list[int], src_fps: float, image, seeked: b
 
     def take(entry):  # convert only frames used, once each (padding and gaps reuse a frame)
         if entry[2] is None:
-            entry[2] = image(entry[1].to_ndarray(format="rgb24"))
+            entry[2] = image(to_rgb.reformat(entry[1], format="rgb24").to_ndarray())
         return entry[2]
 
     for frame in frames:
@@ -157,7 +163,8 @@ def _check_end(last: int, wanted: int) -> None:
                          f"(num_frames in the row is larger than the decodable frames)")
 
 
-def _decord_frames(path, wanted: list[int], src_fps: float, image, chunk: int = 16) -> dict[int, np.ndarray]:
+def _decord_frames(path, wanted: list[int], src_fps: float, image, _to_rgb, chunk: int = 16
+                   ) -> dict[int, np.ndarray]:
     """decord reads by position in the stream; wanted frame numbers map to positions through the
     frames' timestamps, with PyAV's "frame on screen" rule, so variable-rate files agree too."""
     import decord
@@ -204,9 +211,13 @@ def run_ffmpeg(stream, input: bytes | None = None) -> None:
 
 
 def h264(stream, path: str | os.PathLike, crf: int = 18):
-    """`stream` encoded as the pipeline's mp4: H.264 yuv420p (even sizes), index at the front."""
+    """`stream` encoded as the pipeline's mp4: H.264 yuv420p (even sizes), index at the front.
+
+    ffmpeg-python always builds a -filter_complex graph, whose output ffmpeg 5.1 treats as constant
+    rate from t=0: a cut starting at 0.02 s gained a duplicated first frame. Passing timestamps
+    through gives the exact bytes the former `-vf` commands gave."""
     return stream.output(str(path), an=None, vcodec="libx264", preset="veryfast", crf=crf,
-                         pix_fmt="yuv420p", movflags="+faststart")
+                         pix_fmt="yuv420p", movflags="+faststart", fps_mode="passthrough")
 
 
 def encode_frames(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int = 18) -> None:

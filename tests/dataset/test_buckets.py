@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from longvid.dataset.buckets import BucketBatchSampler, BucketPlan, latent_tokens, plan_buckets
 from longvid.dataset.loader import VideoClipDataset
-from longvid.ingest.synthetic import render_video
+from longvid.shapes import render_video
 from longvid.io import InputError
 
 BUCKETS = [(17, 32, 64), (17, 64, 64), (17, 64, 32), (33, 64, 64)]

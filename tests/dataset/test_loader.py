@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from longvid.dataset.sampler import ResumableDistributedSampler
 from longvid.dataset.loader import ClipError, VideoClipDataset, frames_at_fps, plan_frames
-from longvid.ingest.synthetic import DIRECTIONS, caption_of, render_video
+from longvid.shapes import DIRECTIONS, caption_of, render_video
 from longvid.io import InputError
 from longvid.video import cover_size, encode_frames, run_ffmpeg
 

@@ -11,7 +11,7 @@ import torch
 
 from longvid.dataset import viz
 from longvid.dataset.loader import VideoClipDataset
-from longvid.ingest.synthetic import caption_of, render_video
+from longvid.shapes import caption_of, render_video
 from longvid.io import InputError
 from longvid.video import read_video, to_uint8
 

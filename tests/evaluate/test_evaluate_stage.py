@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 
 from longvid import config
-from longvid.evaluate.stage import add_arguments, evaluate, run
-from longvid.ingest.synthetic import caption_of, render_shot
+from conftest import stage_args
+from longvid.evaluate.stage import evaluate
+from longvid.shapes import caption_of, render_shot
 from longvid.io import InputError
 from longvid.runtime import build_dit, build_encoders
 from longvid.models.export import export_model
+from longvid.stages.evaluate import add_arguments, run
 from longvid.video import encode_frames
 from test_tier2_metrics import clip_dir, extractor  # noqa: F401 - fixtures
 
@@ -117,7 +119,7 @@ def test_cli_writes_metrics_json(exp, model_dir, samples_dir, dataset_dir, tmp_p
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     out = tmp_path / "eval" / "metrics.json"
-    args = parser.parse_args(["--experiment", json.dumps(exp), "--name", "tiny", "--model", str(model_dir),
+    args = parser.parse_args([*stage_args("experiment", "tiny", "evaluate", exp, tmp_path), "--model", str(model_dir),
                               "--samples", str(samples_dir), "--dataset-dir", str(dataset_dir), "--out", str(out)])
     assert run(args) == 0
     written = json.loads(out.read_text())

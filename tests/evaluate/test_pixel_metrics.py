@@ -10,7 +10,7 @@ import pytest
 
 from longvid.evaluate.shapes_check import check, expected
 from longvid.evaluate.temporal import temporal_metrics
-from longvid.ingest.synthetic import COLORS, DIRECTIONS, caption_of, render_shot
+from longvid.shapes import COLORS, DIRECTIONS, caption_of, render_shot
 
 
 def shot(color="red", direction="right", shape="circle", background="gray") -> dict:

@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import ffmpeg
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from longvid.ingest import manifest, synthetic
-from conftest import snakemake
+from conftest import snakemake, write_config
 from longvid.io import read_jsonl, write_jsonl
 from longvid.video import encode_frames, run_ffmpeg
 
@@ -37,18 +38,20 @@ def make_folder(d: Path) -> dict[str, str]:
 
 
 def longvid(*args: str) -> None:
-    subprocess.run(["longvid", *args], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "longvid", *args], check=True, capture_output=True)
 
 
 def test_each_broken_file_is_one_error_row_and_good_files_survive(tmp_path):
     expected = make_folder(tmp_path / "in")
     rows = [manifest.row(str(p), p) for p in sorted((tmp_path / "in").iterdir())]
     write_jsonl(tmp_path / "manifest.jsonl", rows)
-    longvid("probe", "--manifest", str(tmp_path / "manifest.jsonl"), "--out", str(tmp_path / "probe.jsonl"))
-    longvid("split", "--probe", str(tmp_path / "probe.jsonl"), "--out", str(tmp_path / "clips.jsonl"),
-            "--clip-dir", str(tmp_path / "clips"), "--params", '{"min_scene_seconds": 2, "fps": 8}')
-    longvid("filter", "--clips", str(tmp_path / "clips.jsonl"), "--out", str(tmp_path / "filtered.jsonl"),
-            "--params", '{"min_frames": 49}')
+    cfg = ["--dataset", "bad", "--shard", "s00000", "--configfile", str(write_config(tmp_path, {"bad": {
+        "source": {"type": "local", "path": str(tmp_path / "in")}, "split": {"min_scene_seconds": 2, "fps": 8},
+        "filter": {"min_frames": 49}}}))]
+    longvid("probe", *cfg, "--manifest", str(tmp_path / "manifest.jsonl"), "--out", str(tmp_path / "probe.jsonl"))
+    longvid("split", *cfg, "--probe", str(tmp_path / "probe.jsonl"), "--out", str(tmp_path / "clips.jsonl"),
+            "--clip-dir", str(tmp_path / "clips"))
+    longvid("filter", *cfg, "--clips", str(tmp_path / "clips.jsonl"), "--out", str(tmp_path / "filtered.jsonl"))
 
     by_source: dict[str, list[dict]] = {}
     for clip in read_jsonl(tmp_path / "filtered.jsonl"):

@@ -4,10 +4,12 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import write_config
 
 from longvid.ingest import synthetic
 from longvid.ingest.probe import probe_file
@@ -25,8 +27,10 @@ def probed_shard(tmp_path_factory):
 
 
 def split_cmd(probe: Path, out: Path) -> list[str]:
-    return ["longvid", "split", "--probe", str(probe), "--out", str(out / "clips.jsonl"),
-            "--clip-dir", str(out / "clips"), "--workers", "1", "--params", json.dumps({"fps": 8})]
+    config = write_config(probe.parent, {"k": {"source": {"type": "synthetic"}, "split": {"fps": 8}}})
+    return [sys.executable, "-m", "longvid", "split", "--dataset", "k", "--configfile", str(config),
+            "--shard", "s00000", "--probe", str(probe), "--out", str(out / "clips.jsonl"),
+            "--clip-dir", str(out / "clips"), "--workers", "1"]
 
 
 def spans(table: Path) -> list[tuple]:

@@ -14,12 +14,12 @@ import av
 import numpy as np
 import pytest
 
-from conftest import MediaTags, browser_dom
+from conftest import MediaTags, browser_dom, stage_args
 from longvid import cli
 from longvid.video import encode_frames
 from longvid.io import InputError
 from longvid.report.gather import read_training_log
-from longvid.report.html import add_arguments, run
+from longvid.stages.report import add_arguments, run
 
 HOSTILE_PROMPT = 'a red circle <script>alert("x")</script> & moves right'
 # (video file, width, height, prompt); the sizes differ so the browser check sees each video's own width.
@@ -43,7 +43,7 @@ def write_png(path: Path) -> None:
 
 @pytest.fixture
 def tree(tmp_path) -> dict[str, Path]:
-    dataset, run_dir, samples = tmp_path / "dataset", tmp_path / "run", tmp_path / "samples"
+    dataset, run_dir, samples = tmp_path / "dataset", tmp_path / "final", tmp_path / "samples"
     for d in (dataset / "stats", run_dir, samples):
         d.mkdir(parents=True)
     dist = {"count": 4, "min": 1.0, "mean": 2.0, "p50": 2.0, "p90": 3.0, "max": 3.0, "total": 8.0}
@@ -56,9 +56,10 @@ def tree(tmp_path) -> dict[str, Path]:
             "tokens_per_s": 90.0} for s in (10, 20, 30)]
     log.append({**log[1], "loss": 0.07})  # a resumed run logs step 20 again
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
-    run_config = {"dataset": "shapes", "model": {"size": "tiny"}, "train": {"steps": 30, "lr": 1e-3},
-                  "git_commit": "abc1234"}
-    (run_dir / "config.json").write_text(json.dumps(run_config))
+    run_config = {"dataset": "shapes", "model": {"size": "tiny"}, "train": {"steps": 30, "lr": 1e-3}}
+    (run_dir / "config.json").write_text(json.dumps({  # as longvid.models.export writes it
+        "format": "longvid-dit", "step": 30, "dit": {}, "experiment": run_config,
+        "provenance": {"code_version": "abc1234", "dataset_version": None, "run_identity": "0f0f"}}))
     sidecars = []
     for i, (name, width, height, prompt) in enumerate(VIDEOS):
         encode_frames(samples / name, moving_square(width, height), fps=8)
@@ -92,9 +93,9 @@ def report(tree: dict[str, Path]) -> str:
     add_arguments(parser)
     experiment = {"description": "a tiny <b>test</b> run", "dataset": "shapes"}
     args = parser.parse_args([
-        "--experiment", json.dumps(experiment), "--name", "tiny", "--dataset-dir", str(tree["dataset"]),
-        "--run-dir", str(tree["run"]), "--samples", str(tree["samples"]), "--metrics", str(tree["metrics"]),
-        "--out", str(tree["out"])])
+        *stage_args("experiment", "tiny", "report", experiment, tree["out"].parent.parent),
+        "--dataset-dir", str(tree["dataset"]), "--model", str(tree["run"]), "--samples", str(tree["samples"]),
+        "--metrics", str(tree["metrics"]), "--out", str(tree["out"])])
     assert run(args) == 0
     return tree["out"].read_text()
 
@@ -146,8 +147,8 @@ def test_missing_samples_index_is_an_input_error(tree, capsys):
         report(tree)
     assert not tree["out"].exists()
     # through the CLI: exit status 2 and the one-line message naming the file
-    argv = ["report", "--experiment", "{}", "--name", "tiny", "--samples", str(tree["samples"]),
-            "--out", str(tree["out"])]
+    argv = ["report", *stage_args("experiment", "tiny", "report", {"dataset": "shapes"}, tree["out"].parent.parent),
+            "--samples", str(tree["samples"]), "--out", str(tree["out"])]
     assert cli.main(argv) == 2
     assert f"{tree['samples'] / 'index.json'}: samples index is missing" in capsys.readouterr().err
 

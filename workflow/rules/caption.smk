@@ -13,4 +13,4 @@ rule caption:
     params:
         config=stage_config("caption"),
     shell:
-        "{LONGVID} caption {params.config} --shard {wildcards.shard} --clips {input} --out {output} > {log} 2>&1"
+        "longvid caption {params.config} --shard {wildcards.shard} --clips {input} --out {output} > {log} 2>&1"

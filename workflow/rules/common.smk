@@ -11,10 +11,16 @@ from longvid.io import InputError
 
 ROOT = Path(workflow.basedir).parent
 
-# Jobs run the longvid of the Python that runs Snakemake (Slurm jobs rerun this file with it too), so
-# `.venv/bin/snakemake` works without the venv on PATH, and the DAG and the jobs use the same code.
-LONGVID = f"{shlex.quote(sys.executable)} -m longvid"
-DVC = f"{shlex.quote(sys.executable)} -m dvc"
+# Jobs run the longvid (and dvc) installed beside the Python that runs Snakemake - Slurm jobs rerun
+# this file with it too - so `.venv/bin/snakemake` works without the venv on PATH, `srun` finds the
+# same executable on every node, and the DAG and the jobs use the same code.
+BIN = Path(sys.executable).parent
+if not (BIN / "longvid").is_file():
+    raise WorkflowError(
+        f"longvid is not installed for {sys.executable} (no {BIN / 'longvid'}): "
+        "run `make setup`, or `pip install -e .` with this Python"
+    )
+shell.prefix(f'set -euo pipefail; export PATH={shlex.quote(str(BIN))}:"$PATH"; ')
 
 # Validate everything the default target needs before any job runs; errors name the key.
 try:
@@ -68,9 +74,17 @@ def stage_config(stage):
 
     def params(wildcards):
         if hasattr(wildcards, "experiment"):
-            kind, name, cfg = "experiment", wildcards.experiment, experiment_cfg(wildcards.experiment)
+            kind, name, cfg = (
+                "experiment",
+                wildcards.experiment,
+                experiment_cfg(wildcards.experiment),
+            )
         else:
-            kind, name, cfg = "dataset", wildcards.dataset, dataset_cfg(wildcards.dataset)
+            kind, name, cfg = (
+                "dataset",
+                wildcards.dataset,
+                dataset_cfg(wildcards.dataset),
+            )
         inputs = lvconfig.stage_inputs(kind, cfg, stage, TOP)
         path = lvconfig.write_stage_config(kind, name, stage, inputs, ROOT)
         return f"--{kind} {shlex.quote(name)} --stage-config {shlex.quote(str(path))}"
@@ -82,8 +96,6 @@ def workers(wildcards, threads):
     return TOP["workers"] or threads
 
 
-
-
 def _name_regex(names):
     return (
         "|".join(map(re.escape, names)) or "(?!x)x"
@@ -91,6 +103,8 @@ def _name_regex(names):
 
 
 ALL_DATASETS = sorted(p.stem for p in (ROOT / "config" / "datasets").glob("*.yaml"))
+
+
 # A dataset whose version lives in DVC is pulled, never rebuilt (unless its dvc.pull is false). Only
 # those with a .dvc file are resolved here: a broken config/datasets/*.yaml breaks only its targets.
 def dvc_tracked(name):

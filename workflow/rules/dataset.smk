@@ -29,7 +29,7 @@ rule dataset:
     params:
         config=stage_config("dataset"),
     shell:
-        "{LONGVID} dataset {params.config} --shards {input} --out-dir data/datasets/{wildcards.dataset}"
+        "longvid dataset {params.config} --shards {input} --out-dir data/datasets/{wildcards.dataset}"
         " > {log} 2>&1"
 
 
@@ -48,7 +48,7 @@ rule dvc_pull:
         dataset=_name_regex(TRACKED_DATASETS),
     shell:
         # dvc keeps unchanged files untouched; touch so Snakemake sees the outputs as new
-        "{DVC} pull {input} > {log} 2>&1 && touch {output}"
+        "dvc pull {input} > {log} 2>&1 && touch {output}"
 
 
 rule publish:
@@ -65,7 +65,7 @@ rule publish:
     params:
         push=push_flag,
     shell:
-        "{LONGVID} publish --path data/datasets/{wildcards.dataset} {params.push} > {log} 2>&1"
+        "longvid publish --path data/datasets/{wildcards.dataset} {params.push} > {log} 2>&1"
 
 
 rule publish_raw:
@@ -80,4 +80,4 @@ rule publish_raw:
     params:
         push=push_flag,
     shell:
-        "{LONGVID} publish --path data/raw/{wildcards.dataset} {params.push} > {log} 2>&1"
+        "longvid publish --path data/raw/{wildcards.dataset} {params.push} > {log} 2>&1"

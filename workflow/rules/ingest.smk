@@ -18,7 +18,7 @@ rule fetch:
     params:
         config=stage_config("fetch"),
     shell:
-        "{LONGVID} fetch {params.config} --out-dir data/raw/{wildcards.dataset}/videos"
+        "longvid fetch {params.config} --out-dir data/raw/{wildcards.dataset}/videos"
         " --manifest {output.manifest} > {log} 2>&1"
 
 
@@ -34,7 +34,7 @@ checkpoint shard:
     params:
         config=stage_config("shard"),
     shell:
-        "{LONGVID} shard {params.config} --manifest {input.manifest}"
+        "longvid shard {params.config} --manifest {input.manifest}"
         " --out-dir data/shards/{wildcards.dataset} --shards-json {output.shards} > {log} 2>&1"
 
 
@@ -53,7 +53,7 @@ rule probe:
         config=stage_config("probe"),
         workers=workers,
     shell:
-        "{LONGVID} probe {params.config} --shard {wildcards.shard} --manifest {input.manifest} --out {output}"
+        "longvid probe {params.config} --shard {wildcards.shard} --manifest {input.manifest} --out {output}"
         " --workers {params.workers} > {log} 2>&1"
 
 
@@ -71,7 +71,7 @@ rule split:
         config=stage_config("split"),
         workers=workers,
     shell:
-        "{LONGVID} split {params.config} --shard {wildcards.shard} --probe {input} --out {output}"
+        "longvid split {params.config} --shard {wildcards.shard} --probe {input} --out {output}"
         " --clip-dir data/clips/{wildcards.dataset}/{wildcards.shard} --workers {params.workers} > {log} 2>&1"
 
 
@@ -89,5 +89,5 @@ rule filter:
         config=stage_config("filter"),
         workers=workers,
     shell:
-        "{LONGVID} filter {params.config} --shard {wildcards.shard} --clips {input} --out {output}"
+        "longvid filter {params.config} --shard {wildcards.shard} --clips {input} --out {output}"
         " --workers {params.workers} > {log} 2>&1"

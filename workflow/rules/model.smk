@@ -16,7 +16,7 @@ rule encode:
         dataset_dir=experiment_dataset_dir,
         launch=launcher,
     shell:
-        "{params.launch} {LONGVID} encode {params.config} --dataset-dir {params.dataset_dir}"
+        "{params.launch} longvid encode {params.config} --dataset-dir {params.dataset_dir}"
         " --cache data/latents/cache --index {output.index} > {log} 2>&1"
 
 
@@ -40,7 +40,7 @@ rule train:
         launch=launcher,
     shell:
         # without data.latent_cache there is no index input and clips are encoded on the fly
-        "{params.launch} {LONGVID} train {params.config} --dataset-dir {params.dataset_dir}"
+        "{params.launch} longvid train {params.config} --dataset-dir {params.dataset_dir}"
         " --run-dir results/train/{wildcards.experiment} --latents '{input.latents}' >> {log} 2>&1"
 
 
@@ -68,7 +68,7 @@ rule sample:
         launch=launcher,
     shell:
         # videos already made with the same settings are kept (skip-if-exists inside the stage)
-        "{params.launch} {LONGVID} sample {params.config} --model results/train/{wildcards.experiment}/final"
+        "{params.launch} longvid sample {params.config} --model results/train/{wildcards.experiment}/final"
         " --work-dir results/sample_runs/{wildcards.experiment} --out-dir {output.samples}"
         " --prompts {input.prompts} > {log} 2>&1"
 
@@ -88,7 +88,7 @@ rule evaluate:
         config=stage_config("evaluate"),
         dataset_dir=experiment_dataset_dir,
     shell:
-        "{LONGVID} evaluate {params.config} --model results/train/{wildcards.experiment}/final --samples {input.samples}"
+        "longvid evaluate {params.config} --model results/train/{wildcards.experiment}/final --samples {input.samples}"
         " --dataset-dir {params.dataset_dir} --out {output.metrics} > {log} 2>&1"
 
 
@@ -113,7 +113,7 @@ rule report:
         config=stage_config("report"),
         dataset_dir=experiment_dataset_dir,
     shell:
-        "{LONGVID} report {params.config} --dataset-dir {params.dataset_dir}"
+        "longvid report {params.config} --dataset-dir {params.dataset_dir}"
         " --model results/train/{wildcards.experiment}/final"
         " --samples {input.samples} --metrics {input.metrics} --out {output.html}"
         " > {log} 2>&1"

@@ -12,12 +12,14 @@ added, and independent of shard order.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
+import re
 from pathlib import Path
 
 from longvid.dataset import stats as dataset_stats
-from longvid.io import link_or_copy, read_jsonl, write_jsonl
+from longvid.io import InputError, link_or_copy, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +55,60 @@ def clip_meta(clip: dict) -> dict:
     return meta
 
 
+def _counts(counter: collections.Counter, top: int = 3) -> str:
+    shown = [f"{k}: {n}" for k, n in counter.most_common(top)]
+    return ", ".join(shown + ([f"{len(counter) - top} more"] if len(counter) > top else []))
+
+
+def _filter_reasons(clips: list[dict]) -> str:
+    """Filter reasons by check: "frames 33 < 49: 9" (one value) or "frames 12..40 < 49: 9"."""
+    counts: collections.Counter = collections.Counter()
+    values: dict[str, list[float]] = collections.defaultdict(list)
+    for c in clips:
+        for reason in c.get("reject_reasons") or ["no reason recorded"]:
+            m = re.fullmatch(r"([a-z ]+?) (-?[\d.]+) (.+)", reason)  # "<check> <clip's value> <bound>"
+            key = f"{m[1]} {{}} {m[3]}" if m else reason
+            counts[key] += 1
+            if m:
+                values[key].append(float(m[2]))
+    shown: collections.Counter = collections.Counter()
+    for key, n in counts.items():
+        v = values.get(key)
+        span = "" if not v else f"{min(v):g}" if min(v) == max(v) else f"{min(v):g}..{max(v):g}"
+        shown[key.replace("{}", span)] = n
+    return _counts(shown)
+
+
+def empty_dataset_reason(clips: list[dict]) -> str:
+    """Why none of `clips` (the rows of captioned shard tables) is usable: one line of counts by
+    reason, largest first, in the words of the stage that dropped them."""
+    if not clips:
+        return "0 clips kept: the shards hold no clips (did fetch find any videos?)"
+    failed = [c for c in clips if c.get("error")]
+    rejected = [c for c in clips if not c.get("error") and not c.get("keep")]
+    uncaptioned = [c for c in clips if not c.get("error") and c.get("keep") and not c.get("text")]
+    parts = []
+    if failed:
+        errors = collections.Counter(c["error"] for c in failed)
+        parts.append((len(failed), f"{len(failed)} failed in fetch/probe/split ({_counts(errors)})"))
+    if rejected:
+        parts.append((len(rejected), f"{len(rejected)} rejected by filter ({_filter_reasons(rejected)})"))
+    if uncaptioned:
+        backends = {c.get("caption_source") for c in uncaptioned}
+        why = collections.Counter(c.get("caption_error") or "no caption" for c in uncaptioned)
+        hint = (" — caption.backend passthrough needs source captions" if backends == {"passthrough"}
+                else f" ({_counts(why)})")
+        parts.append((len(uncaptioned), f"{len(uncaptioned)} uncaptioned{hint}"))
+    parts.sort(key=lambda p: -p[0])  # stable: ties stay in pipeline order
+    return f"0 of {len(clips)} clips kept: " + "; ".join(text for _, text in parts)
+
+
 def build_dataset(shards: list[Path], out: Path, cfg: dict) -> dict:
     """Gather the captioned shard tables into `out` with the `dataset` section `cfg`; return the stats."""
     clips = [c for shard in shards for c in read_jsonl(shard)]
     usable = sorted((c for c in clips if c.get("keep") and c.get("text")), key=lambda c: c["id"])
+    if not usable:  # an empty dataset would only fail later, in encode or train, far from the cause
+        raise InputError(f"{out}: {empty_dataset_reason(clips)}")
     for clip in usable:
         link_or_copy(Path(clip["path"]), out / "clips" / f"{clip['id']}.mp4")
     rows = [dataset_row(c) for c in usable]

@@ -1,5 +1,5 @@
 """Does a video show what a `shapes` prompt asked for? The synthetic dataset's captions follow one
-grammar (longvid.ingest.synthetic.caption_of), so for those prompts the ground truth is known:
+grammar (longvid.shapes.caption_of), so for those prompts the ground truth is known:
 the object's colour and the direction it moves in.
 
 The check works on pixels: the background is the median colour of the frame border (the generator
@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 
-from longvid.ingest.synthetic import BACKGROUNDS, COLORS, DIRECTIONS, SHAPES
+from longvid.shapes import BACKGROUNDS, COLORS, DIRECTIONS, SHAPES
 
 PROMPT = re.compile(rf"^a ({'|'.join(COLORS)}) ({'|'.join(SHAPES)}) moves ({'|'.join(DIRECTIONS)}) "
                     rf"on an? ({'|'.join(BACKGROUNDS)}) background$")

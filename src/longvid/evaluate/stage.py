@@ -17,14 +17,13 @@ better), per-sample rows, the validation-loss breakdown and tier-2 results.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
 
 import numpy as np
 
-from longvid.io import InputError, write_json
+from longvid.io import InputError
 from longvid.video import read_video
 
 log = logging.getLogger(__name__)

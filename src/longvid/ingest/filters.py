@@ -14,7 +14,6 @@ A clip is kept when every check passes; `reject_reasons` lists each failed check
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from concurrent.futures import ProcessPoolExecutor

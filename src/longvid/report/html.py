@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime
 import logging
 from html import escape as esc
-from pathlib import Path
 
 from longvid.report.gather import ReportInputs
 from longvid.report.sections import dataset_section, fmt, metrics_section, samples_section, training_section

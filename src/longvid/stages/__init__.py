@@ -19,7 +19,9 @@ from longvid import config as lvconfig
 def add_config_arguments(p: argparse.ArgumentParser, kind: str, stage: str) -> None:
     """--dataset/--experiment NAME, and where its config comes from."""
     p.add_argument(f"--{kind}", required=True, metavar="NAME", help=f"the {kind} (config/{kind}s/NAME.yaml)")
-    p.add_argument("--configfile", type=Path, help="config.yaml whose overrides apply (default: config/config.yaml)")
+    p.add_argument("--configfile", type=Path, nargs="+", metavar="FILE",
+                   help="config files whose overrides apply, merged in order as Snakemake's --configfile "
+                   "(default: config/config.yaml)")
     p.add_argument("--stage-config", type=Path, metavar="FILE",
                    help=f"the {stage} stage's inputs as the workflow resolved them (instead of --configfile)")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--configfile", type=Path, help="default: config/config.yaml")
+    p.add_argument("--configfile", type=Path, help="default: config/config.yaml")  # one file: what it builds
     which = p.add_mutually_exclusive_group()
     which.add_argument("--dataset", metavar="NAME", help="print only this dataset's resolved config")
     which.add_argument("--experiment", metavar="NAME", help="print only this experiment's resolved config")
@@ -21,10 +21,10 @@ def run(args) -> int:
     configfile = args.configfile or Path("config/config.yaml")
     kind = "dataset" if args.dataset else "experiment" if args.experiment else None
     if kind and args.stage:
-        out = lvconfig.by_name(kind, args.dataset or args.experiment, args.stage, configfile)
+        out = lvconfig.by_name(kind, args.dataset or args.experiment, args.stage, [configfile])
     else:
         raw = lvconfig.load_yaml(configfile)
-        root = configfile.resolve().parent.parent
+        root = lvconfig.root_of(configfile)
         top = lvconfig.validate(raw, "config.schema.yaml", str(configfile))
         if args.dataset:
             out = lvconfig.dataset(args.dataset, top["datasets"].get(args.dataset), root)

@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from longvid.io import LOG_DATEFMT, LOG_FORMAT, InputError, write_json
+from longvid.io import LOG_DATEFMT, LOG_FORMAT, InputError
 
 # Every stage logs with LOG_FORMAT/LOG_DATEFMT (longvid.cli). start_message() is the trainer's first
 # line at every (re)start (lines before it would count as the previous period's when attempts append

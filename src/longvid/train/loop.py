@@ -38,7 +38,7 @@ from longvid.train import accounting
 from longvid.train.checkpoint import CheckpointManager, capture_rng, restore_rng
 from longvid.runtime import build_dit, build_encoders, build_schedule
 from longvid.train.data import make_loader
-from longvid.dist import all_reduce_mean, barrier, cleanup, init_distributed
+from longvid.dist import all_reduce_mean, barrier, init_distributed
 from longvid.models.export import export_model
 from longvid.train.metrics import MetricsLogger, Throughput, progress
 from longvid.train.signals import EXIT_PREEMPTED, PreemptionHandler

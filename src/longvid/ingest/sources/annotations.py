@@ -1,6 +1,6 @@
 """`annotations` source: the metadata files of public video datasets turned into the manifest.
 
-Config keys (the dataset's `source` section):
+Config keys (the dataset's `source` section; defaults live in longvid/schemas/dataset.schema.yaml):
 
     type: annotations
     format: miradata | vript | openvid | opensora_plan
@@ -54,6 +54,7 @@ import re
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
+from longvid import config as lvconfig
 from longvid.ingest import manifest
 from longvid.ingest.sources.download import download_all
 from longvid.ingest.sources.local import materialise_all
@@ -126,7 +127,7 @@ def read_records(path: Path) -> list[dict]:
 # Each format yields (fields for the path template, default template, captions, meta) per record.
 
 def miradata(records: list[dict], source: dict):
-    keys = list(source.get("caption_keys", ["dense_caption", "short_caption"]))
+    keys = list(source["caption_keys"])
     for r in records:
         caps = [manifest.caption(r[k].strip()) for k in keys if str(r.get(k) or "").strip()]
         meta = {k: _num(r[k]) if k in MIRA_NUMBERS else r[k] for k in MIRA_META if r.get(k) not in (None, "")}
@@ -204,20 +205,20 @@ def relative_path(fields: dict, default: str, template: str | None) -> str:
 
 def videos(source: dict) -> tuple[list[dict], int]:
     """One item per video (records of the same path merged), and the number of records skipped."""
-    fmt = source.get("format")
-    if fmt not in FORMATS:
+    fmt = source["format"]
+    if fmt not in FORMATS:  # the schema's enum, kept in step with FORMATS
         raise InputError(f"source.format: {fmt!r} is not one of {', '.join(FORMATS)}")
-    limit = source.get("limit")
+    limit = source["limit"]
     by_path: dict[str, dict] = {}
     skipped = n = 0
-    for f in annotation_files(str(source.get("path") or "")):
+    for f in annotation_files(source["path"]):
         if limit is not None and n >= int(limit):
             break
         for fields, default, caps, meta in FORMATS[fmt](read_records(f), source):
             if limit is not None and n >= int(limit):
                 break
             n += 1
-            rel = relative_path(fields, default, source.get("path_template"))
+            rel = relative_path(fields, default, source["path_template"])
             if not rel:
                 skipped += 1
                 continue
@@ -243,7 +244,8 @@ class NameIndex:
 
 
 def fetch(source: dict, out_dir: Path) -> list[dict]:
-    root = str(source.get("video_root") or "")
+    source = lvconfig.source(source)
+    root = source["video_root"]
     if not root:
         raise InputError("source.video_root: required (a folder, or a URL prefix to download from)")
     remote = re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", root)
@@ -256,7 +258,7 @@ def fetch(source: dict, out_dir: Path) -> list[dict]:
     if remote:
         prefix = root.rstrip("/")
         entries = [normalise({"url": f"{prefix}/{quote(it['rel'], safe='/')}", "captions": it["captions"],
-                              "meta": it["meta"]}, f"{source.get('path')}: {it['rel']}") for it in items]
+                              "meta": it["meta"]}, f"{source['path']}: {it['rel']}") for it in items]
         return download_all(entries, Path(out_dir), **download_options(source))
     index = NameIndex(base)
     local: dict[str, dict] = {}  # by file: two paths the name lookup resolves alike are one video
@@ -267,8 +269,7 @@ def fetch(source: dict, out_dir: Path) -> list[dict]:
         item = local.setdefault(str(video), {"source": str(video), "path": video, "captions": [],
                                              "meta": it["meta"]})
         item["captions"] += [c for c in it["captions"] if c not in item["captions"]]
-    rows = materialise_all(list(local.values()), Path(out_dir), bool(source.get("copy", False)),
-                           source.get("workers", 4))
+    rows = materialise_all(list(local.values()), Path(out_dir), source["copy"], source["workers"])
     log.info("annotations (%s): %d videos, %d not found", source["format"], len(rows),
              sum(bool(r["error"]) for r in rows))
     return rows

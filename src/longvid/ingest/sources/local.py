@@ -1,6 +1,6 @@
 """Local source: video files already on disk, referenced in place (or copied into the raw folder).
 
-Config keys (the dataset's `source` section):
+Config keys (the dataset's `source` section; defaults live in longvid/schemas/dataset.schema.yaml):
 
     type: local
     path: data/incoming          a folder, a glob ("/mnt/videos/**/*.mp4") or one file
@@ -14,12 +14,14 @@ Config keys (the dataset's `source` section):
 Rows keep the path as matched (a relative `path` stays relative to the working directory, the
 repository root in a workflow run), so ids survive moving the repository. Hidden files and folders
 (`.x.mp4`, macOS `._x.mp4`, `.cache/`) are skipped. Checksums are remembered (see `checksums`), so
-a rerun does not re-read unchanged files. A file that cannot be read becomes an error row; decoding
-problems are the probe stage's business.
+a rerun does not re-read unchanged files. Symlinked folders are followed, each real folder once;
+a symlink loop, a dangling link, a folder that cannot be listed and a file (or caption) that cannot
+be read each become an error row naming the path; decoding problems are the probe stage's business.
 """
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import logging
 import os
@@ -53,14 +55,18 @@ def _match(parts: tuple, pats: tuple, prefix: bool = False) -> bool:
     return fnmatch.fnmatchcase(parts[0], pats[0]) and _match(parts[1:], pats[1:], prefix)
 
 
-def _link_problem(path: Path) -> str:
-    try:
-        path.stat()
-        return f"{path}: not a regular file"
-    except OSError as e:
-        what = "dangling symlink" if isinstance(e, FileNotFoundError) else _one_line(e)
-        target = f" -> {os.readlink(path)}" if path.is_symlink() else ""
-        return f"{path}{target}: {what}"
+def _problem(path: Path, e: OSError | None = None) -> str:
+    """One line naming `path` and why it cannot be read (`e`, else found by stat-ing it)."""
+    if e is None:
+        try:
+            path.stat()
+            return f"{path}: not a regular file"
+        except OSError as err:
+            e = err
+    target = f" -> {os.readlink(path)}" if path.is_symlink() else ""
+    what = ("dangling symlink" if isinstance(e, FileNotFoundError) and target else
+            "symlink loop" if e.errno == errno.ELOOP else f"{type(e).__name__}: {e.strerror or e}")
+    return f"{path}{target}: {what}"
 
 
 def walk(top: Path, wanted, problems: list) -> list[Path]:
@@ -87,7 +93,7 @@ def walk(top: Path, wanted, problems: list) -> list[Path]:
         except OSError as e:
             if not rel:
                 raise InputError(f"source.path: cannot list {d}: {_one_line(e)}") from None
-            problems.append((d, f"{d}: cannot list folder: {_one_line(e)}"))
+            problems.append((d, f"cannot list folder {_problem(d, e)}"))
             continue
         for e in entries:
             path, parts = d / e.name, (*rel, e.name)
@@ -101,10 +107,10 @@ def walk(top: Path, wanted, problems: list) -> list[Path]:
                     if e.is_file():
                         files.append(path)
                     else:  # a dangling link or a fifo named like a video: say so, do not read it
-                        problems.append((path, _link_problem(path)))
+                        problems.append((path, _problem(path)))
             except OSError as err:  # a link loop, or an entry of a folder that may not be searched
                 if wanted(parts, False) or wanted(parts, True):
-                    problems.append((path, f"{path}: {_one_line(err)}"))
+                    problems.append((path, _problem(path, err)))
     return files
 
 

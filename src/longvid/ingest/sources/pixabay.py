@@ -1,6 +1,7 @@
 """`pixabay` source: list videos through the Pixabay API, then download them like `urls`.
 
-Config keys (the dataset's `source` section):
+Config keys (the dataset's `source` section; defaults and ranges live in
+longvid/schemas/dataset.schema.yaml):
 
     type: pixabay
     query: nature            a search term, or a list of them (listed in turn, duplicates dropped)
@@ -33,13 +34,13 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
+from longvid import config as lvconfig
 from longvid.ingest.sources.download import download_all, secrets_of
 from longvid.ingest.sources.urls import download_options, normalise
 from longvid.io import InputError, write_json
 
 log = logging.getLogger(__name__)
 
-API_URL = "https://pixabay.com/api/videos/"
 QUALITIES = ("large", "medium", "small", "tiny")
 API_FILTERS = ("video_type", "category", "order", "min_width", "min_height", "safesearch",
                "editors_choice", "lang")
@@ -59,32 +60,23 @@ class Hidden:
 
 
 def settings_of(source: dict) -> dict:
-    """The keys that decide which videos are listed (not how they are downloaded)."""
-    queries = source.get("query", "")
+    """The keys that decide which videos are listed (not how they are downloaded); their ranges
+    (per_page 3..200, queries of at most 100 characters, ...) are the schema's to check."""
+    queries = source["query"]
     queries = [queries] if isinstance(queries, str) else list(queries)
-    per_page, limit = int(source.get("per_page", 200)), int(source.get("max_videos", 100))
-    quality = source.get("quality", "large")
-    if not 1 <= per_page <= 200:  # the API itself wants 3..200 and answers 400 below that
-        raise InputError(f"source.per_page: must be within 3..200 (the API's range), got {per_page}")
-    if limit < 1:
-        raise InputError(f"source.max_videos: must be at least 1, got {limit}")
-    if quality not in QUALITIES:
-        raise InputError(f"source.quality: {quality!r} is not one of {', '.join(QUALITIES)}")
-    if not all(isinstance(q, str) and len(q) <= 100 for q in queries):
-        raise InputError("source.query: a search term (at most 100 characters) or a list of them")
-    return {"queries": queries, "per_page": per_page, "max_videos": limit, "quality": quality,
-            "api_url": source.get("api_url", API_URL),
+    return {"queries": queries, "per_page": source["per_page"], "max_videos": source["max_videos"],
+            "quality": source["quality"], "api_url": source["api_url"],
             "filters": {k: source[k] for k in API_FILTERS if k in source}}
 
 
 def api_get(session, url: str, params: dict, hide: Hidden, source: dict) -> dict:
     """One listing page, retried on network errors, 5xx and 429; InputError when the API rejects
     the request (400/401/403: a bad key or bad settings)."""
-    retries, backoff = int(source.get("retries", 4)), float(source.get("backoff_s", 1.0))
+    retries, backoff = source["retries"], float(source["backoff_s"])
     for attempt in range(retries + 1):
         wait, error = backoff * 2 ** attempt, ""
         try:
-            r = session.get(url, params=params, timeout=float(source.get("timeout_s", 60)))
+            r = session.get(url, params=params, timeout=float(source["timeout_s"]))
         except Exception as e:  # noqa: BLE001 - requests' messages carry the URL (and so the key)
             error = hide(f"{type(e).__name__}: {e}")
         else:
@@ -151,7 +143,7 @@ def listing(source: dict, out_dir: Path) -> list[dict]:
     """Cached listing for these settings, or a fresh one (which is then cached when it is safe)."""
     settings = settings_of(source)
     cache = Path(out_dir) / LISTING
-    if cache.is_file() and not source.get("refresh"):
+    if cache.is_file() and not source["refresh"]:
         try:
             cached = json.loads(cache.read_text())
         except ValueError:
@@ -159,7 +151,7 @@ def listing(source: dict, out_dir: Path) -> list[dict]:
         if cached.get("settings") == settings and isinstance(cached.get("videos"), list):
             log.info("pixabay: %d videos from the cached listing %s", len(cached["videos"]), cache)
             return cached["videos"]
-    env = source.get("api_key_env", "PIXABAY_API_KEY")
+    env = source["api_key_env"]
     key = os.environ.get(env, "")
     if not key:
         raise InputError(f"source: set {env} in the environment to list Pixabay videos "
@@ -174,6 +166,7 @@ def listing(source: dict, out_dir: Path) -> list[dict]:
 
 
 def fetch(source: dict, out_dir: Path) -> list[dict]:
+    source = lvconfig.source(source)
     entries = []
     for e in listing(source, Path(out_dir)):
         try:

@@ -1,7 +1,7 @@
 """`urls` source: download videos over http(s), s3://, gs:// (any fsspec protocol) — parallel,
 resumable, size/sha256-checked, atomic.
 
-Config keys (the dataset's `source` section):
+Config keys (the dataset's `source` section; defaults live in longvid/schemas/dataset.schema.yaml):
 
     type: urls
     list: urls.csv           .txt: one URL per line (# comments); .csv/.tsv: header with `url` and
@@ -33,6 +33,7 @@ import json
 import re
 from pathlib import Path
 
+from longvid import config as lvconfig
 from longvid.ingest import manifest
 from longvid.ingest.sources.download import download_all, redact
 from longvid.io import InputError, json_object
@@ -74,12 +75,12 @@ def normalise(raw, where: str) -> dict:
 
 def read_list(source: dict) -> list[dict]:
     """Normalised entries from `urls:` or the `list:` file, the first of each video kept."""
-    if source.get("urls"):
-        if not isinstance(source["urls"], list):
-            raise InputError("source.urls: expected a list of URLs")
+    if source["urls"] and source["list"]:
+        raise InputError("source.list: give `list` or `urls`, not both")
+    if source["urls"]:
         entries = [normalise(u, f"source.urls[{i}]") for i, u in enumerate(source["urls"])]
     else:
-        if not source.get("list"):
+        if not source["list"]:
             raise InputError("source.list: required for a urls source (or give `urls: [...]`)")
         path = Path(source["list"])
         if not path.is_file():
@@ -117,11 +118,12 @@ def _list_file(path: Path):
 
 
 def download_options(source: dict) -> dict:
-    """The download keys of a source section (shared by `pixabay` and `annotations`)."""
-    return {"workers": source.get("workers", 8), "retries": source.get("retries", 4),
-            "timeout": source.get("timeout_s", 60), "backoff": source.get("backoff_s", 1.0),
-            "storage_options": source.get("storage_options")}
+    """The download keys of a source section (shared by `pixabay` and `annotations`). pixabay has
+    no storage_options: its videos are always http(s)."""
+    return {"workers": source["workers"], "retries": source["retries"], "timeout": source["timeout_s"],
+            "backoff": source["backoff_s"], "storage_options": source.get("storage_options")}
 
 
 def fetch(source: dict, out_dir: Path) -> list[dict]:
+    source = lvconfig.source(source)
     return download_all(read_list(source), Path(out_dir), **download_options(source))

@@ -1,0 +1,93 @@
+"""The project's shape, checked: short modules, stages that never import each other, and every
+stage runnable by name with --help."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from longvid.cli import STAGES, TOOLS
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "longvid"
+
+# Stage code by family: a module of one family may import the shared libraries (io, config, layout,
+# video, runtime, dist, models, diffusion, dataset's loader/buckets/sampler, ...) and its own family,
+# never another family's modules. Files and schemas between stages are the contract, not imports.
+FAMILIES = {
+    "ingest": ["longvid.ingest"],
+    "caption": ["longvid.caption"],
+    "dataset": ["longvid.dataset.build", "longvid.dataset.stats"],
+    "encode": ["longvid.encode"],
+    "train": ["longvid.train"],
+    "sample": ["longvid.sample"],
+    "evaluate": ["longvid.evaluate"],
+    "report": ["longvid.report"],
+}
+# Each `longvid <stage>` adapter belongs to the family whose library it calls.
+ADAPTERS = {"fetch": "ingest", "shard": "ingest", "probe": "ingest", "split": "ingest", "filter": "ingest",
+            "caption": "caption", "dataset": "dataset", "encode": "encode", "train": "train", "sample": "sample",
+            "evaluate": "evaluate", "report": "report", "runtime_report": "train"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def family_of(module: str) -> str | None:
+    if module.startswith("longvid.stages."):
+        return ADAPTERS.get(module.rsplit(".", 1)[1])
+    for family, prefixes in FAMILIES.items():
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return family
+    return None
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module `path` imports, lazy (function-level) imports included."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}  # `from longvid import sample`
+    return {m for m in found if m.startswith("longvid")}
+
+
+MODULES = sorted(SRC.rglob("*.py"))
+
+
+def test_no_stage_imports_another_stages_module():
+    crossings = []
+    for path in MODULES:
+        mine = family_of(module_name(path))
+        for imported in imports_of(path):
+            theirs = family_of(imported)
+            if theirs is not None and mine is not None and theirs != mine:
+                crossings.append(f"{module_name(path)} ({mine}) imports {imported} ({theirs})")
+            if theirs is not None and mine is None and not module_name(path).startswith("longvid.stages"):
+                crossings.append(f"shared module {module_name(path)} imports stage module {imported}")
+    assert not crossings, "\n".join(crossings)
+
+
+def test_the_import_check_sees_a_crossing():
+    assert family_of("longvid.sample") == "sample" and family_of("longvid.sample_index") is None
+    assert family_of("longvid.evaluate.stage") == "evaluate" and family_of("longvid.stages.split") == "ingest"
+
+
+def test_no_module_over_400_lines():
+    long = {module_name(p): n for p in MODULES if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, long
+
+
+@pytest.mark.parametrize("name", STAGES + TOOLS)
+def test_every_stage_has_help(name):
+    proc = subprocess.run([sys.executable, "-m", "longvid", name, "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and f"usage: longvid {name}" in proc.stdout, proc.stderr
+    if name not in TOOLS and name != "publish":  # every stage runs by name: --dataset/--experiment NAME
+        assert "--dataset NAME" in proc.stdout or "--experiment NAME" in proc.stdout
