@@ -32,7 +32,7 @@ from longvid.sample import (
 )
 from conftest import stage_args
 from longvid.runtime import build_dit, build_encoders
-from longvid.stages.sample import add_arguments, run
+from longvid.stages import BY_NAME
 from longvid.models.export import export_model
 from longvid.video import encode_frames, read_video
 
@@ -108,10 +108,10 @@ def test_run_writes_videos_sidecars_index_and_skips_finished(model_dir, tmp_path
     for k, v in launch.items():
         monkeypatch.setenv(k, v)
     p = argparse.ArgumentParser()
-    add_arguments(p)
+    BY_NAME["sample"].add_arguments(p)
     args = p.parse_args([*stage_args("experiment", "tiny", "sample", exp, tmp_path), "--model", str(model_dir),
                          "--out-dir", str(out), "--work-dir", str(out), "--prompts", str(prompts)])
-    assert run(args) == 0
+    assert BY_NAME["sample"].run(args) == 0
 
     names = [f"{i:04d}_{j:02d}" for i in range(2) for j in range(2)]
     assert sorted(f.name for f in out.iterdir()) == sorted(

@@ -1,9 +1,8 @@
 """`longvid <stage> ...`: one subcommand per pipeline stage (and a few tools); every rule runs one.
 
-A subcommand is the module `longvid.stages.<name>`: its docstring is the help, `add_arguments`
-its flags, `run(args) -> int | None` the work. Only the chosen stage's module is imported, and it
-imports its heavy dependencies (torch, cv2, dvc) itself. An InputError becomes one line on stderr
-and exit status 2; run with `python -m longvid` or the `longvid` script.
+The stages are the table in longvid.stages; a tool is a module `longvid.stages.<tool>` (docstring:
+the help, `add_arguments`: its flags, `run(args)`: the work). Only the chosen subcommand's code is
+imported, so `longvid --help` stays fast. An InputError becomes one line on stderr and exit 2.
 """
 
 from __future__ import annotations
@@ -14,15 +13,25 @@ import logging
 import sys
 
 from longvid.io import LOG_DATEFMT, LOG_FORMAT, InputError
+from longvid.stages import BY_NAME
 
-# subcommand -> module under longvid.stages, in pipeline order; then the tools.
-STAGES = ["fetch", "shard", "probe", "split", "filter", "caption", "dataset", "publish",
-          "encode", "train", "sample", "evaluate", "report"]
-TOOLS = ["viz-data", "runtime-report", "config"]
+STAGES = list(BY_NAME)  # in pipeline order
+TOOLS = ["viz-data", "runtime-report", "config"]  # modules longvid.stages.<name>
 
 
-def stage_module(name: str):
-    return importlib.import_module(f"longvid.stages.{name.replace('-', '_')}")
+def subcommand(name: str, full: bool = False):
+    """(summary, description, add_arguments, run) of a stage or tool; `full`: the description
+    includes the stage's library docstring (which imports it)."""
+    if name in BY_NAME:
+        stage = BY_NAME[name]
+        module, function = stage.entry.split(":")
+        text = f"{stage.summary}.\n\nThe work is {module}.{function}."
+        if full:
+            text += "\n\n" + (importlib.import_module(module).__doc__ or "").strip()
+        return stage.summary, text, stage.add_arguments, stage.run
+    module = importlib.import_module(f"longvid.stages.{name.replace('-', '_')}")
+    summary = module.__doc__.strip().split("\n\n")[0].replace("\n", " ").split(". ")[0].rstrip(".")
+    return summary, module.__doc__, module.add_arguments, module.run
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -31,15 +40,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="stage", metavar="<stage>", required=True)
     for name in STAGES + TOOLS:
-        module = stage_module(name)
-        summary = module.__doc__.strip().split("\n\n")[0].replace("\n", " ").split(". ")[0].rstrip(".")
+        summary, description, add_arguments, run = subcommand(name, full=name == only)
         if only is not None and name != only:
             sub.add_parser(name, help=summary)
             continue
-        p = sub.add_parser(name, help=summary, description=module.__doc__,
+        p = sub.add_parser(name, help=summary, description=description,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        add_arguments(p)
+        p.set_defaults(_run=run)
     return parser
 
 

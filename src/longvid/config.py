@@ -17,6 +17,7 @@ import jsonschema
 import yaml
 
 from longvid.io import InputError
+from longvid.models.config import check_num_frames  # torch-free
 
 # The JSON-Schemas ship inside the package: stages validate from any working directory and from a
 # non-editable install. `root` (the directory holding config/) is always the caller's to give.
@@ -102,8 +103,8 @@ def dataset(name: str, overrides: dict | None = None, root: Path = ROOT) -> dict
     merged = deep_merge(load_yaml(path), overrides or {})
     where = f"config/datasets/{name}.yaml"
     cfg = validate(merged, "dataset.schema.yaml", where, root)
-    if (cfg["filter"]["min_frames"] - 1) % 8:
-        raise InputError(f"{where}: filter.min_frames: {cfg['filter']['min_frames']} is not 8N+1 (49, 145, ...)")
+    # no VAE is named here: the rule at the compression of every VAE in models/vae.py
+    check_num_frames(cfg["filter"]["min_frames"], f"{where}: filter.min_frames")
     return cfg
 
 
@@ -130,9 +131,8 @@ def experiment(name: str, overrides: dict | None = None, root: Path = ROOT) -> d
         raise InputError(f"experiments.{name}: no such experiment (expected {path.relative_to(root)})")
     where = f"config/experiments/{name}.yaml"
     cfg = validate(deep_merge(load_yaml(path), overrides or {}), "experiment.schema.yaml", where, root)
-    frames = cfg["data"]["num_frames"]
-    if (frames - 1) % 8:
-        raise InputError(f"{where}: data.num_frames: {frames} is not 8N+1 (49, 145, ...)")
+    check_num_frames(cfg["data"]["num_frames"], f"{where}: data.num_frames",
+                     VAE_GEOMETRY[cfg["model"]["vae"]["type"]][0])
     if not (Path(root) / "config" / "datasets" / f"{cfg['dataset']}.yaml").exists():
         raise InputError(f"{where}: dataset: no config/datasets/{cfg['dataset']}.yaml")
     check_model(cfg, where)

@@ -52,3 +52,9 @@ def dataset_version(path: Path) -> str | None:
     except yaml.YAMLError as e:
         raise InputError(f"{dvc_file}: invalid YAML ({' '.join(str(e).split())})") from None
     return next((o.get("md5") for o in outs if isinstance(o, dict) and o.get("md5")), None)
+
+
+def publish_stage(cfg: dict, path: Path, push: bool) -> int:
+    """The publish stage: `publish(path, push)`."""
+    publish(path, push)
+    return 0

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from longvid.dataset.loader import VideoClipDataset
 from longvid.io import sha256_file
 from longvid.io import atomic_path, write_jsonl
-from longvid.runtime import build_encoders
+from longvid.runtime import Geometry, build_encoders, dit_config
 from longvid.dist import barrier, cleanup, init_distributed
 
 log = logging.getLogger(__name__)
@@ -46,13 +46,13 @@ def entry_path(cache: Path, key: str) -> Path:
     return cache / key[:2] / f"{key}.safetensors"
 
 
-def bucket_assignment(d: dict, ds: VideoClipDataset) -> list[int | None]:
+def bucket_assignment(d: dict, ds: VideoClipDataset, geometry: Geometry) -> list[int | None]:
     """Each row's bucket under `data.buckets` (sizes set on `ds`), or 0 for all without buckets."""
     if not d.get("buckets"):
         return [0] * len(ds.rows)
     from longvid.dataset.buckets import plan_buckets
 
-    plan = plan_buckets(ds.rows, d["buckets"], d["max_tokens"], fps=d["fps"])
+    plan = plan_buckets(ds.rows, d["buckets"], d["max_tokens"], geometry, fps=d["fps"])
     ds.set_sizes(plan.row_sizes)
     return plan.assignment
 
@@ -64,9 +64,12 @@ def encode_split(exp: dict, jsonl: Path, root: Path, cache: Path, index: Path) -
     enc = build_encoders(exp)
     enc.vae.to(info.device)
     enc.text.to(info.device)
+    # the DiT's config (not the model) for its patch size: bucket sizes must match the trainer's
+    geometry = Geometry.of(enc.vae, dit_config(exp, enc))
     ds = VideoClipDataset(jsonl, root=root, num_frames=d["num_frames"], fps=d["fps"], height=d["height"],
-                          width=d["width"], text_key=d["text_key"], random_start=False)
-    assignment = bucket_assignment(d, ds)
+                          width=d["width"], text_key=d["text_key"], random_start=False,
+                          temporal_compression=geometry.temporal)
+    assignment = bucket_assignment(d, ds, geometry)
     # dataset rows with a bucket (all of them without buckets: a short clip is padded as in training)
     used = [i for i, bucket in enumerate(assignment) if bucket is not None]
     rows, done = [], 0
@@ -97,3 +100,9 @@ def encode_split(exp: dict, jsonl: Path, root: Path, cache: Path, index: Path) -
     log.info("encoded %d new clips of %d (%s)", done, len(rows), enc.identity)
     cleanup()
     return done
+
+
+def encode_dataset(cfg: dict, dataset_dir: Path, cache: Path, index: Path, split: str, name: str) -> int:
+    """The encode stage: the experiment's `split` of its dataset into the cache, indexed in `index`."""
+    encode_split(cfg, Path(dataset_dir) / f"{split}.jsonl", Path(dataset_dir), Path(cache), Path(index))
+    return 0

@@ -5,6 +5,7 @@ encode, train, sample, evaluate and the benches all start here; no stage builds 
 The DiT's geometry follows from the data and the encoders, so an experiment names only the size and
 the long-video variant: num_frames from `data.num_frames`, the latent size from `data.height/width`
 and the VAE's compression, channels from the VAE, text width/length from the text encoder.
+`Geometry.of(vae, dit_config)` hands those numbers to whatever counts latent frames or tokens.
 """
 
 from __future__ import annotations
@@ -19,9 +20,48 @@ from longvid.io import InputError
 from longvid.models.config import DiTConfig
 from longvid.models.registry import DIFFUSION_DEFAULTS, make_config
 from longvid.models.text import T5TextEncoder, TextEncoder, TinyTextEncoder
-from longvid.models.vae import CogVideoXVAE, PoolVAE, SpaceToDepthVAE, VideoAutoencoder
+from longvid.models.vae import CogVideoXVAE, PoolVAE, SpaceToDepthVAE, VideoAutoencoder, causal_latent_frames
 
 log = logging.getLogger(__name__)
+
+
+def latent_size(spatial: int, height: int, width: int, key: str) -> tuple[int, int]:
+    if height % spatial or width % spatial:
+        raise InputError(f"{key}={height}x{width}: must be multiples of the VAE's {spatial}x")
+    return height // spatial, width // spatial
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Pixels -> latents -> DiT tokens: the VAE's compression (temporal, spatial) and the DiT's patch.
+    Read from the built objects (`of`), so budgets, padding and tokens/s follow another VAE or patch
+    size; the bucket planner, the loader and the trainer are given one instead of assuming 4, 8, 2."""
+
+    temporal: int
+    spatial: int
+    patch: int
+
+    @classmethod
+    def of(cls, vae: VideoAutoencoder, dit_cfg: DiTConfig) -> Geometry:
+        t = vae.temporal_compression
+        if dit_cfg.time_compressed_rate != t:  # the DiT would count latent frames differently
+            raise InputError(f"model.time_compressed_rate={dit_cfg.time_compressed_rate}: the VAE "
+                             f"({type(vae).__name__}) groups {t} frames per latent frame")
+        return cls(t, vae.spatial_compression, dit_cfg.patch_size)
+
+    def latent_frames(self, frames: int, key: str = "num_frames") -> int:
+        return causal_latent_frames(frames, self.temporal, key)
+
+    def latent_size(self, height: int, width: int, key: str = "height/width") -> tuple[int, int]:
+        return latent_size(self.spatial, height, width, key)
+
+    def latent_tokens(self, latent_frames: int, latent_height: int, latent_width: int) -> int:
+        """Video tokens the DiT makes of a latent (text tokens excluded)."""
+        return latent_frames * (latent_height // self.patch) * (latent_width // self.patch)
+
+    def tokens(self, frames: int, height: int, width: int) -> int:
+        """Video tokens of a frames x height x width clip."""
+        return self.latent_tokens(self.latent_frames(frames), *self.latent_size(height, width))
 
 
 @dataclass
@@ -63,11 +103,9 @@ def build_encoders(exp: dict) -> Encoders:
 
 def dit_config(exp: dict, enc: Encoders) -> DiTConfig:
     d = exp["data"]
-    s = enc.vae.spatial_compression
-    if d["height"] % s or d["width"] % s:
-        raise InputError(f"data.height/width={d['height']}x{d['width']}: must be multiples of the VAE's {s}x")
+    h, w = latent_size(enc.vae.spatial_compression, d["height"], d["width"], "data.height/width")
     derived = {
-        "num_frames": d["num_frames"], "latent_height": d["height"] // s, "latent_width": d["width"] // s,
+        "num_frames": d["num_frames"], "latent_height": h, "latent_width": w,
         "in_channels": enc.vae.latent_channels * (2 if exp["model"]["size"] == "5b-i2v" else 1),
         "out_channels": enc.vae.latent_channels, "text_dim": enc.text.dim, "text_length": enc.text.max_length,
         "gradient_checkpointing": exp["train"]["gradient_checkpointing"],

@@ -105,10 +105,13 @@ def shard(num_items: int, rank: int, world_size: int) -> list[int]:
 
 def sample_settings(exp: dict) -> dict:
     """What the experiment contributes to every video's settings, validated."""
+    from longvid.config import VAE_GEOMETRY
+    from longvid.models.vae import causal_latent_frames
+
     s, d = exp["sample"], exp["data"]
     frames = s["num_frames"] or d["num_frames"]
-    if frames < 1 or (frames - 1) % 4:
-        raise InputError(f"sample.num_frames={frames}: must be 4N+1 (the VAE's causal frame grouping)")
+    # checked before any model loads, with the VAE type's compression (VideoSampler asks the VAE itself)
+    causal_latent_frames(frames, VAE_GEOMETRY[exp["model"]["vae"]["type"]][0], "sample.num_frames")
     if d["height"] % 2 or d["width"] % 2:
         raise InputError(f"data.height/width={d['height']}x{d['width']}: must be even to write H.264")
     return {"negative_prompt": s["negative_prompt"], "base_seed": s["seed"], "sampler": s["sampler"],
@@ -148,7 +151,7 @@ class VideoSampler:
 
     def __init__(self, exp: dict, model_dir: Path, device: torch.device):
         from longvid.diffusion.samplers import Guidance
-        from longvid.runtime import Pipeline
+        from longvid.runtime import Geometry, Pipeline
 
         self.exp, self.device, self.s = exp, device, sample_settings(exp)
         pipe = Pipeline.load(model_dir, exp, device)
@@ -156,9 +159,10 @@ class VideoSampler:
         self.guidance = Guidance(scale=float(self.s["cfg"]), dynamic=self.s["dynamic_cfg"])
         neg = self.s["negative_prompt"]
         self.uncond = self.enc.text([neg]) if neg.strip() else None  # None: the sampler's zeros
-        vae, s = self.enc.vae, self.enc.vae.spatial_compression
-        self.latent_shape = (1, (self.s["num_frames"] - 1) // vae.temporal_compression + 1,
-                             vae.latent_channels, self.s["height"] // s, self.s["width"] // s)
+        geometry = Geometry.of(self.enc.vae, self.model.config)
+        self.latent_shape = (1, geometry.latent_frames(self.s["num_frames"], "sample.num_frames"),
+                             self.enc.vae.latent_channels,
+                             *geometry.latent_size(self.s["height"], self.s["width"], "data.height/width"))
         self._check_geometry()
 
     def _check_geometry(self) -> None:
@@ -281,19 +285,20 @@ def publish(items: list[Item], work_dir: Path, out_dir: Path) -> Path:
     return out_dir / "index.json"
 
 
-def sample_all(exp: dict, model_dir: Path, prompts: Path, work_dir: Path, out_dir: Path) -> Path | None:
-    """This rank's share of every video (made in `work_dir`); rank 0 then writes the index and links
-    the current set into `out_dir`. Returns the index path on rank 0."""
+def sample_all(exp: dict, model: Path, prompts: Path | None, work_dir: Path, out_dir: Path, name: str) -> int:
+    """The sample stage: this rank's share of every video (made in `work_dir`); rank 0 then writes
+    the index and links the current set into `out_dir`. `prompts` defaults to sample.prompts."""
     from longvid.dist import barrier, cleanup, init_distributed
 
-    items = plan(exp, model_dir, prompts)  # bad input fails before the ranks join
+    model_dir = Path(model)
+    items = plan(exp, model_dir, Path(prompts or exp["sample"]["prompts"]))  # bad input fails before the ranks join
     info = init_distributed()
     sample_shard(items, exp, model_dir, work_dir, info.rank, info.world_size, info.device)
     barrier()
-    index = None
     if info.is_main:
         index = write_index(items, work_dir)
         if Path(work_dir) != Path(out_dir):
             index = publish(items, Path(work_dir), Path(out_dir))
+        log.info("%s: wrote %s", name, index)
     cleanup()
-    return index
+    return 0

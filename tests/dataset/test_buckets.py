@@ -7,12 +7,16 @@ import json
 import pytest
 from torch.utils.data import DataLoader
 
-from longvid.dataset.buckets import BucketBatchSampler, BucketPlan, latent_tokens, plan_buckets
-from longvid.dataset.loader import VideoClipDataset
+from longvid.dataset.buckets import BucketBatchSampler, BucketPlan, plan_buckets
+from longvid.dataset.loader import VideoClipDataset, plan_frames
 from longvid.shapes import render_video
 from longvid.io import InputError
+from longvid.models.registry import SIZES
+from longvid.models.vae import PoolVAE
+from longvid.runtime import Geometry
 
 BUCKETS = [(17, 32, 64), (17, 64, 64), (17, 64, 32), (33, 64, 64)]
+COGVIDEOX = Geometry(temporal=4, spatial=8, patch=2)
 
 
 def rows_of(*specs):
@@ -20,9 +24,34 @@ def rows_of(*specs):
 
 
 def test_latent_tokens():
-    assert latent_tokens(49, 480, 720) == 13 * 30 * 45
-    assert latent_tokens(145, 480, 720) == 37 * 30 * 45
-    assert latent_tokens(17, 64, 64, temporal_compression=8, spatial_compression=4, patch_size=1) == 3 * 256
+    assert COGVIDEOX.tokens(49, 480, 720) == 13 * 30 * 45
+    assert COGVIDEOX.tokens(145, 480, 720) == 37 * 30 * 45
+    assert Geometry(temporal=8, spatial=4, patch=1).tokens(17, 64, 64) == 3 * 256
+    with pytest.raises(InputError, match=r"num_frames=16: must be 4N\+1"):
+        COGVIDEOX.tokens(16, 64, 64)
+
+
+def test_geometry_comes_from_the_vae_and_the_dit():
+    """Another VAE compression or DiT patch changes tokens, budgets, bucket sizes and padding (they
+    were the literals 4, 8 and 2)."""
+    tiny = SIZES["tiny"]
+    fine = Geometry.of(PoolVAE(spatial=4), tiny)
+    assert (fine.temporal, fine.spatial, fine.patch) == (4, 4, 2)
+    assert fine.tokens(17, 64, 64) == 5 * 8 * 8 == 4 * COGVIDEOX.tokens(17, 64, 64)
+    plan = plan_buckets([], [(17, 64, 64), (17, 32, 64)], max_tokens=640, geometry=fine)
+    assert plan.tokens == [320, 160] and plan.batch_sizes == [2, 4]
+    assert plan_buckets([], [(17, 64, 64), (17, 32, 64)], 640, COGVIDEOX).batch_sizes == [8, 16]
+    assert plan_buckets([], [(17, 40, 40)], 640, fine).tokens == [5 * 5 * 5]  # 8 px cells, not 16
+    with pytest.raises(InputError, match="multiples of 16"):
+        plan_buckets([], [(17, 40, 40)], 640, COGVIDEOX)
+    coarse = Geometry.of(PoolVAE(temporal=8), tiny.replace(time_compressed_rate=8, patch_size=1))
+    assert coarse.tokens(17, 64, 64) == 3 * 8 * 8
+    with pytest.raises(InputError, match=r"buckets\[0\] frames: 25 is not 16N\+1"):
+        plan_buckets([], [(25, 64, 64)], 1000, coarse)
+    with pytest.raises(InputError, match="model.time_compressed_rate=4: the VAE .* groups 8"):
+        Geometry.of(PoolVAE(temporal=8), tiny)
+    # a short clip keeps whole latent frames of its VAE: 14 frames at 8 fps -> 13 (4k+1) or 9 (8k+1)
+    assert plan_frames(40, 24, 17, 8)[1] == 13 and plan_frames(40, 24, 17, 8, temporal=8)[1] == 9
 
 
 def test_rows_go_to_the_closest_aspect_they_can_fill():
@@ -33,30 +62,30 @@ def test_rows_go_to_the_closest_aspect_they_can_fill():
                    (100, 64, 40, 8),  # 1.56: closer to 2 (log ratio 0.25) than to 1 (0.45)
                    (64, 64, 10, 8),  # too short for all: left out
                    (64, 64, 100, 24))  # 100 frames at 24 fps are 34 at 8 fps
-    plan = plan_buckets(rows, BUCKETS, max_tokens=1000, fps=8)
+    plan = plan_buckets(rows, BUCKETS, 1000, COGVIDEOX, fps=8)
     assert plan.assignment == [0, 3, 1, 2, 0, None, 3]
     assert plan.counts() == [2, 1, 1, 2] and plan.summary()["unassigned"] == 1
     assert plan.row_sizes[1] == (33, 64, 64) and plan.row_sizes[5] is None
     # counted at the target fps, not in source frames: 100 frames at 24 fps cannot fill 41 frames at 8
     long_row, two = rows_of((64, 64, 100, 24)), [(41, 64, 64), (33, 64, 64)]
-    assert plan_buckets(long_row, two, 1000, fps=8).assignment == [1]
-    assert plan_buckets(long_row, two, 1000).assignment == [0]
+    assert plan_buckets(long_row, two, 1000, COGVIDEOX, fps=8).assignment == [1]
+    assert plan_buckets(long_row, two, 1000, COGVIDEOX).assignment == [0]
 
 
 def test_batch_sizes_fill_the_token_budget():
-    plan = plan_buckets([], BUCKETS + [(49, 128, 128)], max_tokens=300)
+    plan = plan_buckets([], BUCKETS + [(49, 128, 128)], 300, COGVIDEOX)
     assert plan.tokens == [5 * 2 * 4, 5 * 4 * 4, 5 * 4 * 2, 9 * 4 * 4, 13 * 8 * 8]
     assert plan.batch_sizes == [7, 3, 7, 2, 1]
     for tokens, bs in zip(plan.tokens, plan.batch_sizes):
         assert bs * tokens <= 300 < (bs + 1) * tokens or (bs == 1 and tokens > 300)
 
 
-@pytest.mark.parametrize("bucket, message", [((16, 64, 64), r"buckets\[1\] frames must be 8N\+1"),
+@pytest.mark.parametrize("bucket, message", [((16, 64, 64), r"buckets\[1\] frames: 16 is not 8N\+1"),
                                              ((17, 60, 64), r"buckets\[1\] height and width .* of 16"),
                                              ((17, 64), r"buckets\[1\] must be \[frames, height, width\]")])
 def test_bad_buckets_are_named(bucket, message):
     with pytest.raises(InputError, match=message):
-        plan_buckets([], [(17, 64, 64), bucket], 1000)
+        plan_buckets([], [(17, 64, 64), bucket], 1000, COGVIDEOX)
 
 
 def mixed_plan(batch_sizes):
@@ -71,7 +100,7 @@ def epoch_batches(sampler, epoch):
 
 def test_batches_are_single_bucket_within_budget_and_seeded():
     rows = rows_of(*[(128 if i % 2 else 64, 64, 17 + i, 8) for i in range(40)])
-    plan = plan_buckets(rows, BUCKETS, 200, fps=8)
+    plan = plan_buckets(rows, BUCKETS, 200, COGVIDEOX, fps=8)
     sampler = BucketBatchSampler(plan, seed=3)
     batches = epoch_batches(sampler, 0)
     seen = [i for b in batches for i in b]
@@ -139,7 +168,7 @@ def test_buckets_feed_the_dataset(tmp_path):
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     ds = VideoClipDataset(tmp_path / "d.jsonl", num_frames=9, fps=8)
     # tokens: 3 latent frames x 2x4 (or 4x2) patches = 24, and 3 x 3x3 = 27; the budget fits two of 24
-    plan = plan_buckets(ds.rows, [(9, 32, 64), (9, 64, 32), (9, 48, 48)], max_tokens=48, fps=ds.fps)
+    plan = plan_buckets(ds.rows, [(9, 32, 64), (9, 64, 32), (9, 48, 48)], 48, COGVIDEOX, fps=ds.fps)
     assert plan.assignment == [0, 1, 2, 0] and plan.batch_sizes == [2, 2, 1]
     ds.set_sizes(plan.row_sizes)
     shapes = sorted(tuple(batch["video"].shape) for batch in

@@ -77,6 +77,6 @@ def test_viz_rejects_sizes_h264_cannot_store(dataset_dir, tmp_path):
     with pytest.raises(InputError, match="height and width must be even"):
         viz.run(parse("--jsonl", str(dataset_dir / "train.jsonl"), "--out-dir", str(tmp_path), "--num-frames",
                       "9", "--height", "33", "--width", "32", "--num-items", "1"))
-    with pytest.raises(InputError, match="num_frames must be 8N"):
+    with pytest.raises(InputError, match="num_frames: 10 is not 8N"):
         viz.run(parse("--jsonl", str(dataset_dir / "train.jsonl"), "--out-dir", str(tmp_path), "--num-frames",
                       "10"))

@@ -17,7 +17,7 @@ from longvid.shapes import caption_of, render_shot
 from longvid.io import InputError
 from longvid.runtime import build_dit, build_encoders
 from longvid.models.export import export_model
-from longvid.stages.evaluate import add_arguments, run
+from longvid.stages import BY_NAME
 from longvid.video import encode_frames
 from test_tier2_metrics import clip_dir, extractor  # noqa: F401 - fixtures
 
@@ -117,11 +117,11 @@ def test_missing_index_names_the_file(exp, model_dir, dataset_dir, tmp_path):
 
 def test_cli_writes_metrics_json(exp, model_dir, samples_dir, dataset_dir, tmp_path):
     parser = argparse.ArgumentParser()
-    add_arguments(parser)
+    BY_NAME["evaluate"].add_arguments(parser)
     out = tmp_path / "eval" / "metrics.json"
     args = parser.parse_args([*stage_args("experiment", "tiny", "evaluate", exp, tmp_path), "--model", str(model_dir),
                               "--samples", str(samples_dir), "--dataset-dir", str(dataset_dir), "--out", str(out)])
-    assert run(args) == 0
+    assert BY_NAME["evaluate"].run(args) == 0
     written = json.loads(out.read_text())
     assert written["experiment"] == "tiny" and written["table"][0]["metric"] == "flicker"
 

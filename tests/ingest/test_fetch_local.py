@@ -104,3 +104,84 @@ def test_bad_config_names_the_key(tmp_path, folder):
         fetch({"type": "local"}, tmp_path / "out")
     with pytest.raises(InputError, match=r"source\.captions"):
         fetch({"type": "local", "path": str(d), "captions": "yes please"}, tmp_path / "out")
+
+
+@pytest.mark.timeout(60)  # glob.glob's `**` took exponential time on these two loops
+@pytest.mark.parametrize("pattern", ["in", "in/**/*.mp4"])
+def test_symlink_loops_and_dangling_links_are_error_rows(tmp_path, pattern):
+    d = tmp_path / "in"
+    (d / "sub").mkdir(parents=True)
+    (d / "a.mp4").write_bytes(blob(1))
+    (d / "sub/b.mp4").write_bytes(blob(2))
+    (d / "sub/up").symlink_to("..")  # back to in/
+    (d / "sub/again").symlink_to("../sub")  # back to itself
+    (d / "loop.mp4").symlink_to("loop.mp4")
+    (d / "gone.mp4").symlink_to("nowhere.mp4")
+    (d / "notes").symlink_to("nowhere")  # not named like a video: none of our business
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "c.mp4").write_bytes(blob(3))
+    (d / "linked").symlink_to(outside)  # a symlinked folder is followed
+    (d / "sub/real").symlink_to("../linked")  # ... once, however many links lead there
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # a relative path stays relative in the rows
+    try:
+        rows = {r["source"]: r for r in fetch({"type": "local", "path": pattern}, tmp_path / "out")}
+    finally:
+        os.chdir(cwd)
+    assert rows.keys() == {"in/a.mp4", "in/sub/b.mp4", "in/linked/c.mp4", "in/loop.mp4", "in/gone.mp4",
+                           "in/sub/up", "in/sub/again"}
+    assert [rows[s]["sha256"] for s in ("in/a.mp4", "in/sub/b.mp4", "in/linked/c.mp4")] == [
+        sha(blob(1)), sha(blob(2)), sha(blob(3))]
+    errors = {s: r["error"] for s, r in rows.items() if r["error"]}
+    assert errors == {
+        "in/loop.mp4": "in/loop.mp4 -> loop.mp4: symlink loop",
+        "in/gone.mp4": "in/gone.mp4 -> nowhere.mp4: dangling symlink",
+        "in/sub/up": f"in/sub/up -> ..: symlink loop (leads back to {d})",
+        "in/sub/again": f"in/sub/again -> ../sub: symlink loop (leads back to {d / 'sub'})",
+    }
+
+
+def _drop_read_override() -> None:
+    """In the child: drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set, so the
+    program it execs, though root, obeys permission bits like any user."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):
+        if libc.prctl(24, cap, 0, 0, 0):  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def test_unreadable_files_and_folders_are_error_rows(tmp_path):
+    """Root reads whatever the permission bits say, so as root the fetch runs in a child without
+    the capabilities that allow that: the reads really fail, as they do for any other user."""
+    import subprocess
+    import sys
+
+    d = tmp_path / "in"
+    (d / "locked").mkdir(parents=True)
+    for name, data in {"ok.mp4": blob(1), "secret.mp4": blob(2), "cap.mp4": blob(3), "locked/x.mp4": blob(4)}.items():
+        (d / name).write_bytes(data)
+    (d / "cap.txt").write_text("a caption")
+    for p in ("secret.mp4", "cap.txt", "locked"):
+        (d / p).chmod(0)
+    code = ("import json, sys; from longvid.ingest.fetch import fetch; "
+            "print(json.dumps(fetch({'type': 'local', 'path': sys.argv[1]}, sys.argv[2])))")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, str(d), str(tmp_path / "out")], check=False,
+                              capture_output=True, text=True, preexec_fn=_drop_read_override if os.geteuid() == 0 else None)
+    except subprocess.SubprocessError as e:
+        pytest.skip(f"cannot drop the capabilities that let root read anything: {e}")
+    finally:
+        for p in ("secret.mp4", "cap.txt", "locked"):
+            (d / p).chmod(0o755)
+    assert proc.returncode == 0, proc.stderr
+    errors = {os.path.relpath(r["source"], d): r["error"] for r in json.loads(proc.stdout)}
+    assert errors == {
+        "ok.mp4": "",
+        "secret.mp4": f"PermissionError: [Errno 13] Permission denied: '{d / 'secret.mp4'}'",
+        "cap.mp4": f"{d / 'cap.txt'}: unreadable caption sidecar: PermissionError: [Errno 13] "
+                   f"Permission denied: '{d / 'cap.txt'}'",
+        "locked": f"cannot list folder {d / 'locked'}: PermissionError: Permission denied",
+    }

@@ -19,7 +19,7 @@ from longvid import cli
 from longvid.video import encode_frames
 from longvid.io import InputError
 from longvid.report.gather import read_training_log
-from longvid.stages.report import add_arguments, run
+from longvid.stages import BY_NAME
 
 HOSTILE_PROMPT = 'a red circle <script>alert("x")</script> & moves right'
 # (video file, width, height, prompt); the sizes differ so the browser check sees each video's own width.
@@ -90,13 +90,13 @@ def tree(tmp_path) -> dict[str, Path]:
 def report(tree: dict[str, Path]) -> str:
     """Run the stage through its own argument parser, as the Snakemake rule calls it."""
     parser = argparse.ArgumentParser()
-    add_arguments(parser)
+    BY_NAME["report"].add_arguments(parser)
     experiment = {"description": "a tiny <b>test</b> run", "dataset": "shapes"}
     args = parser.parse_args([
         *stage_args("experiment", "tiny", "report", experiment, tree["out"].parent.parent),
         "--dataset-dir", str(tree["dataset"]), "--model", str(tree["run"]), "--samples", str(tree["samples"]),
         "--metrics", str(tree["metrics"]), "--out", str(tree["out"])])
-    assert run(args) == 0
+    assert BY_NAME["report"].run(args) == 0
     return tree["out"].read_text()
 
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from longvid.io import InputError
-from longvid.train import accounting
+from longvid.stages import runtime_report
 from longvid.train.accounting import LOG_DATEFMT, LOG_FORMAT, end_message, report, start_message
 
 T0 = dt.datetime(2026, 11, 24, 10, 0, 0, tzinfo=dt.timezone.utc)
@@ -137,8 +137,8 @@ def test_now_adds_an_ongoing_interruption(tmp_path):
 
 def test_cli_prints_a_table_and_writes_json(job_logs, tmp_path, capsys):
     p = argparse.ArgumentParser()
-    accounting.add_arguments(p)
-    assert accounting.run(p.parse_args([str(job_logs), "--json", str(tmp_path / "r.json")])) == 0
+    runtime_report.add_arguments(p)
+    assert runtime_report.run(p.parse_args([str(job_logs), "--json", str(tmp_path / "r.json")])) == 0
     text = capsys.readouterr().out
     assert "gap 0h29m30s preemption" in text and "gap 0h10m00s restart, 100 steps lost (0h15m00s redone)" in text
     assert re.search(r"useful\s+1h40m30s\s+64\.8%", text) and re.search(r"1\s+2026-11-24 10:00:00\s+2026-11-24 11:00:30", text)

@@ -29,7 +29,8 @@ rule dataset:
     params:
         config=stage_config("dataset"),
     shell:
-        "longvid dataset {params.config} --shards {input} --out-dir data/datasets/{wildcards.dataset}"
+        "longvid dataset {params.config} --shards-json data/shards/{wildcards.dataset}/shards.json"
+        " --out-dir data/datasets/{wildcards.dataset}"
         " > {log} 2>&1"
 
 

@@ -39,9 +39,10 @@ rule train:
         dataset_dir=experiment_dataset_dir,
         launch=launcher,
     shell:
-        # without data.latent_cache there is no index input and clips are encoded on the fly
+        # without data.latent_cache there is no latents input, and clips are encoded on the fly
         "{params.launch} longvid train {params.config} --dataset-dir {params.dataset_dir}"
-        " --run-dir results/train/{wildcards.experiment} --latents '{input.latents}' >> {log} 2>&1"
+        " --run-dir results/train/{wildcards.experiment} --latents data/latents/{wildcards.experiment}/train.jsonl"
+        " >> {log} 2>&1"
 
 
 rule sample:

@@ -31,9 +31,9 @@ def passthrough(clip: dict) -> dict:
             "caption_error": ""}
 
 
-def caption_shard(clips: Path, out: Path, cfg: dict) -> tuple[int, int]:
-    """Caption the kept clips of `clips` into `out` with the `caption` section `cfg`; return
-    (kept clips, clips left without a caption)."""
+def caption_shard(cfg: dict, clips: Path, out: Path, name: str) -> int:
+    """The caption stage: the kept clips of `clips` captioned, into `out`."""
+    cfg = cfg["caption"]
     if cfg["backend"] != "passthrough":
         raise InputError(f"caption.backend: {cfg['backend']!r} is not implemented")
     rows, kept, missing = [], 0, 0
@@ -46,4 +46,5 @@ def caption_shard(clips: Path, out: Path, cfg: dict) -> tuple[int, int]:
                 log.warning("caption %s: %s", clip["id"], clip["caption_error"])
         rows.append(clip)
     write_jsonl(out, rows)
-    return kept, missing
+    log.info("%s: captioned %d kept clips (%d without a caption)", name, kept, missing)
+    return 0

@@ -8,10 +8,11 @@ and every bucket gets the batch size that fits the token budget:
     tokens(F, H, W) = ((F - 1) / temporal + 1) * (H / spatial / patch) * (W / spatial / patch)
     batch_size      = max(1, max_tokens // tokens)
 
-(CogVideoX: temporal 4, spatial 8, patch 2.) `BucketBatchSampler` yields per-rank batches that hold one
-bucket only; all ranks are in the same bucket at the same step, and the ranks' batches concatenated in
-rank order are the single-process global batch. Like the item sampler it is seeded per epoch and
-resumable (`advance()` per batch consumed, `state_dict()`).
+temporal and spatial are the VAE's compression, patch the DiT's (CogVideoX: 4, 8, 2); callers pass them
+as a `runtime.Geometry` read from the built VAE and DiT config. `BucketBatchSampler` yields per-rank
+batches that hold one bucket only; all ranks are in the same bucket at the same step, and the ranks'
+batches concatenated in rank order are the single-process global batch. Like the item sampler it is
+seeded per epoch and resumable (`advance()` per batch consumed, `state_dict()`).
 """
 
 from __future__ import annotations
@@ -20,23 +21,20 @@ import hashlib
 import logging
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler
 
-from longvid.dataset.loader import check_num_frames, frames_at_fps, source_fps
+from longvid.dataset.loader import frames_at_fps, source_fps
 from longvid.dataset.sampler import ResumableSampling
 from longvid.io import InputError
+from longvid.models.config import check_num_frames
+
+if TYPE_CHECKING:  # only its numbers are used; runtime builds models
+    from longvid.runtime import Geometry
 
 log = logging.getLogger(__name__)
-
-
-def latent_tokens(frames: int, height: int, width: int, temporal_compression: int = 4,
-                  spatial_compression: int = 8, patch_size: int = 2) -> int:
-    """Transformer tokens of one clip (video only, text tokens excluded)."""
-    cell = spatial_compression * patch_size
-    return ((frames - 1) // temporal_compression + 1) * (height // cell) * (width // cell)
 
 
 @dataclass
@@ -62,13 +60,14 @@ class BucketPlan:
                                                            self.counts())]}
 
 
-def check_buckets(buckets: Sequence[Sequence[int]], multiple: int) -> list[tuple[int, int, int]]:
+def check_buckets(buckets: Sequence[Sequence[int]], geometry: Geometry) -> list[tuple[int, int, int]]:
+    multiple = geometry.spatial * geometry.patch
     out = []
     for i, bucket in enumerate(buckets):
         if len(bucket) != 3:
             raise InputError(f"buckets[{i}] must be [frames, height, width], got {list(bucket)}")
         frames, height, width = (int(v) for v in bucket)
-        check_num_frames(frames, f"buckets[{i}] frames")
+        check_num_frames(frames, f"buckets[{i}] frames", geometry.temporal)
         if height < multiple or width < multiple or height % multiple or width % multiple:
             raise InputError(f"buckets[{i}] height and width must be positive multiples of {multiple} "
                              f"(spatial compression x patch), got {height}x{width}")
@@ -89,12 +88,11 @@ def choose_bucket(width: int, height: int, frames: int,
                                     -buckets[b][0], -buckets[b][1] * buckets[b][2], b))
 
 
-def plan_buckets(rows: Sequence[dict], buckets: Sequence[Sequence[int]], max_tokens: int,
-                 fps: float | None = None, skip_frames: int = 0, temporal_compression: int = 4,
-                 spatial_compression: int = 8, patch_size: int = 2) -> BucketPlan:
+def plan_buckets(rows: Sequence[dict], buckets: Sequence[Sequence[int]], max_tokens: int, geometry: Geometry,
+                 fps: float | None = None, skip_frames: int = 0) -> BucketPlan:
     """Assign rows (`width`, `height`, `num_frames`, and `fps` when `fps` is given: frames are then
     counted at that target rate, as the loader samples them) to buckets."""
-    checked = check_buckets(buckets, spatial_compression * patch_size)
+    checked = check_buckets(buckets, geometry)
     assignment = []
     for i, row in enumerate(rows):
         w, h, n = row.get("width"), row.get("height"), row.get("num_frames")
@@ -109,7 +107,7 @@ def plan_buckets(rows: Sequence[dict], buckets: Sequence[Sequence[int]], max_tok
                 raise InputError(f"rows[{i}]: needs `fps` (or `duration`) to count frames at {fps} fps")
             available = frames_at_fps(n, src, fps, skip_frames)
         assignment.append(choose_bucket(w, h, available, checked))
-    plan = plan_for(checked, assignment, max_tokens, temporal_compression, spatial_compression, patch_size)
+    plan = plan_for(checked, assignment, max_tokens, geometry)
     dropped = plan.summary()["unassigned"]
     if dropped:
         log.warning("%d of %d rows are shorter than every bucket and are left out", dropped, len(rows))
@@ -117,12 +115,12 @@ def plan_buckets(rows: Sequence[dict], buckets: Sequence[Sequence[int]], max_tok
 
 
 def plan_for(buckets: Sequence[Sequence[int]], assignment: Sequence[int | None], max_tokens: int,
-             temporal_compression: int = 4, spatial_compression: int = 8, patch_size: int = 2) -> BucketPlan:
+             geometry: Geometry) -> BucketPlan:
     """The plan of a known assignment (e.g. the one `longvid encode` recorded in a latent index)."""
     if not isinstance(max_tokens, int) or max_tokens < 1:
         raise InputError(f"max_tokens must be a positive integer (the per-process token budget), got {max_tokens!r}")
-    buckets = check_buckets(buckets, spatial_compression * patch_size)
-    tokens = [latent_tokens(*b, temporal_compression, spatial_compression, patch_size) for b in buckets]
+    buckets = check_buckets(buckets, geometry)
+    tokens = [geometry.tokens(*b) for b in buckets]
     batch_sizes = [max(1, max_tokens // t) for t in tokens]
     for b, t in enumerate(tokens):
         if t > max_tokens:

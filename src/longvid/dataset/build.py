@@ -123,3 +123,19 @@ def build_dataset(shards: list[Path], out: Path, cfg: dict) -> dict:
     dataset_stats.plot(rows, out / "stats")
     dataset_stats.write(summary, out / "stats.json")
     return summary
+
+
+def build_from_shards(cfg: dict, shards_json: Path, out_dir: Path, name: str) -> int:
+    """The dataset stage: the captioned tables of every shard `shards_json` lists, into `out_dir`."""
+    import json
+
+    try:
+        shards = json.loads(Path(shards_json).read_text())["shards"]
+    except (OSError, ValueError, KeyError) as e:
+        raise InputError(f"{shards_json}: unreadable shard list ({type(e).__name__}: {e}); run the shard stage "
+                         "first") from None
+    tables = [Path(shards_json).parent / s / "captioned.jsonl" for s in shards]
+    summary = build_dataset(tables, Path(out_dir), cfg["dataset"])
+    log.info("dataset %s: %d train, %d val clips (%.2f h); %d clips rejected", out_dir, summary["clips"]["train"],
+             summary["clips"]["val"], summary["hours"], summary["clips"]["rejected"])
+    return 0

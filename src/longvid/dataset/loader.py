@@ -7,8 +7,9 @@ reproducible:
   k < num_frames (the stride may be fractional; a stride below 1 repeats frames);
 * the temporal start is drawn from a generator seeded by (seed, epoch, index), so an item is the same
   whichever worker, rank or resumed run loads it;
-* a clip too short for num_frames at the target fps keeps its largest 4k+1 frames (whole latent frames
-  of the 4x temporal VAE) and repeats the last one — the seed's case (c) — and is reported, not hidden;
+* a clip too short for num_frames at the target fps keeps its largest tk+1 frames (whole latent frames
+  of the VAE's t-fold temporal compression, `temporal_compression`) and repeats the last one — the
+  seed's case (c) — and is reported, not hidden;
 * frames are decoded by `longvid.video.decode_frames` (PyAV or decord: `decoder`, the same pixels),
   resized (bicubic) so they cover height x width, keeping the aspect, then center-cropped, and
   scaled to [-1, 1];
@@ -38,21 +39,14 @@ import torch
 from torch.utils.data import Dataset
 
 from longvid.io import InputError
+from longvid.models.config import COGVIDEOX_TEMPORAL, check_num_frames
 from longvid.video import DECODERS, decode_frames
 
 log = logging.getLogger(__name__)
 
-VAE_TEMPORAL_COMPRESSION = 4  # a short clip keeps 4k+1 real frames: whole latent frames
-
 
 class ClipError(InputError):
     """A clip that cannot be read; the message names the JSONL file and line."""
-
-
-def check_num_frames(num_frames: int, key: str = "num_frames") -> int:
-    if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % 8:
-        raise InputError(f"{key} must be 8N+1 (9, 17, ..., 49, ..., 145), got {num_frames!r}")
-    return num_frames
 
 
 def source_fps(row: dict) -> float | None:
@@ -85,11 +79,12 @@ def frames_at_fps(n_src: int, src_fps: float, fps: float, skip: int = 0) -> int:
 
 
 def plan_frames(n_src: int, src_fps: float, num_frames: int, fps: float,
-                rng: np.random.Generator | None = None, skip: int = 0) -> tuple[np.ndarray, int]:
+                rng: np.random.Generator | None = None, skip: int = 0,
+                temporal: int = COGVIDEOX_TEMPORAL) -> tuple[np.ndarray, int]:
     """Source frame indices (num_frames of them) and how many are real (the rest repeat the last).
 
     A long enough clip starts at a random frame (`rng`) or at `skip` (no rng); a short one keeps its
-    largest 4k+1 frames from `skip` and is padded.
+    largest `temporal`k+1 frames (whole latent frames) from `skip` and is padded.
     """
     offsets = frame_offsets(num_frames, src_fps / fps)
     last = n_src - 1 - skip
@@ -99,7 +94,7 @@ def plan_frames(n_src: int, src_fps: float, num_frames: int, fps: float,
     available = frames_at_fps(n_src, src_fps, fps, skip)
     if available < 1:
         raise ValueError(f"no frames left after skipping {skip} at each end of {n_src}")
-    real = (available - 1) // VAE_TEMPORAL_COMPRESSION * VAE_TEMPORAL_COMPRESSION + 1
+    real = (available - 1) // temporal * temporal + 1
     indices = np.full(num_frames, skip + offsets[real - 1], np.int64)
     indices[:real] = skip + offsets[:real]
     return indices, real
@@ -116,8 +111,11 @@ class VideoClipDataset(Dataset):
     def __init__(self, jsonl_path: str | os.PathLike, root: str | os.PathLike | None = None,
                  num_frames: int = 49, fps: float = 8, height: int = 64, width: int = 64,
                  text_key: str = "text", sub_text_key: str = "cap", seed: int = 0, random_start: bool = True,
-                 skip_frames: int = 0, on_error: str = "raise", decoder: str = "pyav"):
-        self.num_frames = check_num_frames(num_frames)
+                 skip_frames: int = 0, on_error: str = "raise", decoder: str = "pyav",
+                 temporal_compression: int = COGVIDEOX_TEMPORAL):
+        # the VAE's (runtime.Geometry.temporal); the default serves callers that build no VAE (viz)
+        self.temporal = temporal_compression
+        self.num_frames = check_num_frames(num_frames, "num_frames", self.temporal)
         for key, value in (("fps", fps), ("height", height), ("width", width)):
             if not value > 0:
                 raise InputError(f"{key} must be positive, got {value!r}")
@@ -198,7 +196,7 @@ class VideoClipDataset(Dataset):
             raise InputError(f"sizes has {len(sizes)} entries for {len(self.rows)} rows of {self.jsonl}")
         for i, size in enumerate(sizes):
             if size is not None:
-                check_num_frames(int(size[0]), f"sizes[{i}] frames")
+                check_num_frames(int(size[0]), f"sizes[{i}] frames", self.temporal)
         self.sizes = [None if s is None else tuple(int(v) for v in s) for s in sizes]
         self.short_rows = self._report_short()
 
@@ -214,8 +212,8 @@ class VideoClipDataset(Dataset):
                  < self.shape_of(i)[0]]
         if short:
             log.warning("%s: %d of %d clips have fewer frames than needed at %g fps; each keeps its "
-                        "largest 4k+1 frames and repeats the last (first: line %d)", self.jsonl,
-                        len(short), len(self.rows), self.fps, self.lines[short[0]])
+                        "largest %dk+1 frames and repeats the last (first: line %d)", self.jsonl,
+                        len(short), len(self.rows), self.fps, self.temporal, self.lines[short[0]])
         return short
 
     def rng(self, index: int) -> np.random.Generator:
@@ -228,7 +226,7 @@ class VideoClipDataset(Dataset):
         rng = self.rng(index)
         try:
             indices, real = plan_frames(row["num_frames"], source_fps(row), frames, self.fps,
-                                        rng if self.random_start else None, self.skip_frames)
+                                        rng if self.random_start else None, self.skip_frames, self.temporal)
             pixels = decode_frames(self.paths[index], indices, source_fps(row), height, width, self.decoder)
         except (OSError, ValueError) as e:  # longvid.video turns decoder errors into ValueError
             reason = " ".join(str(e).split()) or type(e).__name__

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from longvid.io import InputError
+from longvid.io import InputError, write_json
 from longvid.video import read_video
 
 log = logging.getLogger(__name__)
@@ -137,3 +137,15 @@ def evaluate(exp: dict, model_dir: Path, samples_dir: Path, dataset_dir: Path, d
     return {"experiment": exp.get("name"), "checkpoint": checkpoint, "samples_dir": str(samples_dir),
             "table": build_table(per_sample, reference, val, tier2), "samples": per_sample,
             "reference": reference, "val_loss": val, "tier2": tier2}
+
+
+def evaluate_stage(cfg: dict, model: Path, samples: Path, dataset_dir: Path, out: Path, name: str) -> int:
+    """The evaluate stage: `evaluate` on the GPU when there is one, written to `out`."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    metrics = evaluate({**cfg, "name": name}, Path(model), Path(samples), Path(dataset_dir), device)
+    write_json(out, metrics)
+    for row in metrics["table"]:
+        log.info("%-50s samples=%s reference=%s", row["label"], row["samples"], row["reference"])
+    return 0

@@ -7,7 +7,7 @@ import importlib
 import logging
 from pathlib import Path
 
-from longvid.io import InputError
+from longvid.io import InputError, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -26,3 +26,14 @@ def fetch(source: dict, out_dir: Path) -> list[dict]:
         raise InputError(f"source.type: unknown source {kind!r} (choose from {', '.join(ADAPTERS)})")
     adapter = importlib.import_module(ADAPTERS[kind])
     return adapter.fetch(source, out_dir)
+
+
+def fetch_dataset(cfg: dict, out_dir: Path, manifest: Path, name: str) -> int:
+    """The fetch stage: the dataset's videos into `out_dir`, one manifest row each into `manifest`."""
+    rows = fetch(cfg["source"], out_dir)
+    failed = [r for r in rows if r["error"]]
+    for r in failed:
+        log.warning("fetch %s: %s", r["source"], r["error"])
+    write_jsonl(manifest, rows)
+    log.info("%s: manifest %s, %d videos, %d failed", name, manifest, len(rows), len(failed))
+    return 0

@@ -84,10 +84,11 @@ def _score_row(args: tuple[dict, dict]) -> dict:
     return {**clip, **score(clip, cfg)}
 
 
-def filter_shard(clips: Path, out: Path, cfg: dict, workers: int) -> list[dict]:
-    """Score every clip of `clips` with the `filter` section `cfg`; write and return the rows."""
+def filter_shard(cfg: dict, clips: Path, out: Path, workers: int, name: str) -> int:
+    """The filter stage: score every clip of `clips` and keep or reject it, into `out`."""
     rows = list(read_jsonl(clips))
     with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        rows = list(pool.map(_score_row, [(c, cfg) for c in rows], chunksize=4))
+        rows = list(pool.map(_score_row, [(c, cfg["filter"]) for c in rows], chunksize=4))
     write_jsonl(out, rows)
-    return rows
+    log.info("%s: kept %d of %d clips", name, sum(r["keep"] for r in rows), len(rows))
+    return 0

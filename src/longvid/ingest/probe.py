@@ -99,10 +99,14 @@ def probe_rows(rows: list[dict], journal: RowJournal, workers: int) -> None:
             journal.append({**row, **res})
 
 
-def probe_shard(manifest: Path, out: Path, workers: int) -> list[dict]:
-    """Probe a shard manifest into `out` (journaled: a rerun skips finished videos); return the rows."""
+def probe_shard(cfg: dict, manifest: Path, out: Path, workers: int, name: str) -> int:
+    """The probe stage: a shard manifest into `out` (journaled: a rerun skips finished videos)."""
     rows = list(read_jsonl(manifest))
     journal = RowJournal(out)
     probe_rows(rows, journal, workers)
     journal.publish([r["id"] for r in rows])
-    return [journal.rows[r["id"]] for r in rows]
+    bad = [journal.rows[r["id"]] for r in rows if journal.rows[r["id"]]["error"]]
+    for r in bad:
+        log.warning("probe %s: %s", r["path"], r["error"])
+    log.info("%s: probed %d videos, %d with errors", name, len(rows), len(bad))
+    return 0

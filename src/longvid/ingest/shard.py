@@ -36,9 +36,9 @@ def write_if_changed(path: Path, text: str) -> bool:
     return True
 
 
-def write_shards(manifest: Path, shard_size: int, out_dir: Path, shards_json: Path) -> tuple[int, int, int]:
-    """Write every shard's manifest (those whose rows changed) and the shard list; return
-    (shards, videos, manifests rewritten)."""
+def write_shards(cfg: dict, manifest: Path, out_dir: Path, shards_json: Path, name: str) -> int:
+    """The shard stage: every shard's manifest (rewritten only when its rows changed) and the list."""
+    shard_size = cfg["shard_size"]
     rows = list(read_jsonl(manifest))
     shards = assign(rows, shard_size)
     changed = sum(
@@ -46,4 +46,6 @@ def write_shards(manifest: Path, shard_size: int, out_dir: Path, shards_json: Pa
         for name, part in shards.items()
     )
     write_json(shards_json, {"shards": list(shards), "videos": len(rows), "shard_size": shard_size})
-    return len(shards), len(rows), changed
+    log.info("%s: %d videos -> %d shards of at most %d (%d rewritten)", name, len(rows), len(shards), shard_size,
+             changed)
+    return 0

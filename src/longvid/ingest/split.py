@@ -128,8 +128,8 @@ def _measure(path: str) -> dict:
             "duration": p["duration"], **({"error": p["error"]} if p["error"] else {})}
 
 
-def split_shard(probe: Path, out: Path, clip_dir: Path, cfg: dict, workers: int) -> tuple[int, int, int]:
-    """Split every video of a probed shard into `out` and `clip_dir`; return (videos, clips, errors).
+def split_shard(cfg: dict, probe: Path, out: Path, clip_dir: Path, workers: int, name: str) -> int:
+    """The split stage: every video of a probed shard into clips in `clip_dir`, listed in `out`.
 
     `cfg` is the split stage's inputs (its section and code version): a journal of other settings
     or of an older algorithm is discarded, so a fixed splitter never reuses stale clips."""
@@ -149,4 +149,5 @@ def split_shard(probe: Path, out: Path, clip_dir: Path, cfg: dict, workers: int)
         if f.name not in keep:
             f.unlink()
     errors = sum(1 for r in journal.rows.values() for c in r["clips"] if c["error"])
-    return len(rows), n, errors
+    log.info("%s: split %d videos into %d clips (%d errors)", name, len(rows), n, errors)
+    return 0

@@ -25,12 +25,28 @@ from longvid.io import InputError
 
 PREFIX = "model"
 
+# CogVideoX's causal VAE groups 4 pixel frames per latent frame, as every VAE of models/vae.py does by
+# default. Only callers that build no VAE assume it (config validation, the data viz, validation clips);
+# whatever builds one asks it (runtime.Geometry).
+COGVIDEOX_TEMPORAL = 4
+
+
+def check_num_frames(frames: int, key: str, temporal: int = COGVIDEOX_TEMPORAL) -> int:
+    """The clip-length rule of the DiT's data: 2rN+1 pixel frames for the VAE's r-fold temporal
+    compression, i.e. an odd number of latent frames (CogVideoX's 8N+1 for its 4x VAE). The only
+    place it is written: data, bucket and filter frame counts and DiTConfig.num_frames all come here."""
+    m = 2 * temporal
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1 or (frames - 1) % m:
+        raise InputError(f"{key}: {frames!r} is not {m}N+1 ({m + 1}, {2 * m + 1}, ..., {6 * m + 1}, ..., "
+                         f"{18 * m + 1}) for {temporal}x temporal compression")
+    return frames
+
 
 @dataclass(frozen=True)
 class DiTConfig:
     # geometry (seed network_config: num_frames, time_compressed_rate, latent_height/width, patch_size)
     num_frames: int = 49
-    time_compressed_rate: int = 4
+    time_compressed_rate: int = COGVIDEOX_TEMPORAL  # must equal the VAE's (runtime.Geometry.of checks)
     latent_height: int = 60
     latent_width: int = 90
     patch_size: int = 2
@@ -129,10 +145,7 @@ class DiTConfig:
         _choice(self, "attention", ("full", "window", "strided"))
         _choice(self, "mamba_order", ("pre", "post"))
         _choice(self, "mamba_gate_fn", ("tanh", "none"))
-        r = self.time_compressed_rate
-        if (self.num_frames - 1) % (2 * r):
-            raise InputError(f"{PREFIX}.num_frames={self.num_frames}: must be {2 * r}N+1 "
-                             f"(e.g. {2 * r + 1}, {12 * r + 1}, {36 * r + 1}) for {r}x temporal compression")
+        check_num_frames(self.num_frames, f"{PREFIX}.num_frames", self.time_compressed_rate)
         for key in ("latent_height", "latent_width"):
             if getattr(self, key) % self.patch_size:
                 raise InputError(f"{PREFIX}.{key}={getattr(self, key)}: must be a multiple of "

@@ -32,6 +32,17 @@ from torch import nn
 from longvid.io import InputError
 
 
+def causal_latent_frames(frames: int, temporal: int, key: str) -> int:
+    """Latent frames of `frames` pixel frames in the causal layout: the first frame alone, then
+    `temporal` frames per latent frame, so `frames` must be tN+1. The one place this rule is written
+    (the VAEs, runtime.Geometry and the sample settings call it); `key` names the value."""
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1 or (frames - 1) % temporal:
+        raise InputError(f"{key}={frames!r}: must be {temporal}N+1 ({temporal + 1}, {4 * temporal + 1}, "
+                         f"{12 * temporal + 1}, ...): the VAE encodes the first frame alone, then "
+                         f"{temporal} per latent frame")
+    return (frames - 1) // temporal + 1
+
+
 class VideoAutoencoder(nn.Module):
     latent_channels: int
     temporal_compression: int = 4
@@ -44,17 +55,17 @@ class VideoAutoencoder(nn.Module):
 
     def latent_shape(self, video_shape: tuple[int, ...]) -> tuple[int, int, int, int, int]:
         B, _, F, H, W = video_shape
-        self._check_video(F, H, W)
-        t, s = self.temporal_compression, self.spatial_compression
-        return B, self.latent_channels, (F - 1) // t + 1, H // s, W // s
+        s = self.spatial_compression
+        return B, self.latent_channels, self._check_video(F, H, W), H // s, W // s
 
-    def _check_video(self, F: int, H: int, W: int) -> None:
-        t, s = self.temporal_compression, self.spatial_compression
-        if F < 1 or (F - 1) % t:
-            raise InputError(f"video: {F} frames; {type(self).__name__} needs {t}N+1 (e.g. 17, 49, 145)")
+    def _check_video(self, F: int, H: int, W: int) -> int:
+        """The latent frames of a valid video; InputError otherwise."""
+        s = self.spatial_compression
+        frames = causal_latent_frames(F, self.temporal_compression, f"{type(self).__name__} input frames")
         if H % s or W % s:
             raise InputError(f"video: {H}x{W} pixels; {type(self).__name__} needs height and width "
                              f"divisible by {s}")
+        return frames
 
 
 class SpaceToDepthVAE(VideoAutoencoder):

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import datetime
 import logging
+from pathlib import Path
 from html import escape as esc
 
-from longvid.report.gather import ReportInputs
+from longvid.io import write_text
+from longvid.report.gather import ReportInputs, gather
 from longvid.report.sections import dataset_section, fmt, metrics_section, samples_section, training_section
 
 log = logging.getLogger(__name__)
@@ -108,3 +110,14 @@ def render_page(inputs: ReportInputs, generated: datetime.datetime | None = None
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<style>{STYLE}</style></head><body>{header(inputs, generated)}<main>{body}</main>"
             f"<script>{SCRIPT}</script></body></html>\n")
+
+
+def write_report(cfg: dict, samples: Path, model: Path, dataset_dir: Path, metrics: Path, out: Path,
+                 name: str) -> int:
+    """The report stage: gather the inputs (all but the samples optional) and write the page to `out`."""
+    inputs = gather(name, cfg, Path(samples), dataset_dir=Path(dataset_dir), model_dir=Path(model),
+                    metrics=Path(metrics))
+    page = render_page(inputs)
+    write_text(out, page)
+    log.info("wrote %s (%.2f MB, %d videos)", out, len(page.encode()) / 1e6, len(inputs.samples))
+    return 0

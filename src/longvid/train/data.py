@@ -64,7 +64,7 @@ class ClipData(VideoClipDataset, OnTheFly):
     pass
 
 
-def bucketed_loader(exp: dict, dataset_dir: Path, latents: Path | None, info, check_frames):
+def bucketed_loader(exp: dict, dataset_dir: Path, latents: Path | None, info, geometry, check_frames):
     """Loader over `data.buckets`: batches of one (frames, height, width) each, sized to max_tokens."""
     from longvid.dataset.buckets import BucketBatchSampler, plan_buckets, plan_for
 
@@ -78,12 +78,12 @@ def bucketed_loader(exp: dict, dataset_dir: Path, latents: Path | None, info, ch
         dataset = LatentCacheDataset(latents)
         if any("bucket" not in row for row in dataset.rows):
             raise InputError(f"{latents}: written without data.buckets; run `longvid encode` with them")
-        plan = plan_for(d["buckets"], [row["bucket"] for row in dataset.rows], d["max_tokens"])
+        plan = plan_for(d["buckets"], [row["bucket"] for row in dataset.rows], d["max_tokens"], geometry)
     else:
         dataset = ClipData(Path(dataset_dir) / "train.jsonl", root=dataset_dir, num_frames=d["num_frames"],
                            fps=d["fps"], height=d["height"], width=d["width"], text_key=d["text_key"],
-                           seed=t["seed"])
-        plan = plan_buckets(dataset.rows, d["buckets"], d["max_tokens"], fps=d["fps"])
+                           seed=t["seed"], temporal_compression=geometry.temporal)
+        plan = plan_buckets(dataset.rows, d["buckets"], d["max_tokens"], geometry, fps=d["fps"])
         dataset.set_sizes(plan.row_sizes)
     sampler = BucketBatchSampler(plan, info.rank, info.world_size, seed=t["seed"])
     if info.is_main:
@@ -92,18 +92,20 @@ def bucketed_loader(exp: dict, dataset_dir: Path, latents: Path | None, info, ch
     return loader, sampler, dataset
 
 
-def make_loader(exp: dict, dataset_dir: Path, latents: Path | None, info, check_frames=None):
-    """(loader, resumable sampler, dataset). `check_frames(num_frames)` validates a bucket's clip
+def make_loader(exp: dict, dataset_dir: Path, latents: Path | None, info, geometry, check_frames=None):
+    """(loader, resumable sampler, dataset). `geometry` (runtime.Geometry of the built VAE and DiT)
+    sizes bucket batches and short-clip padding; `check_frames(num_frames)` validates a bucket's clip
     length against the model's geometry (attention windows)."""
     d, t = exp["data"], exp["train"]
     if d.get("buckets"):
-        return bucketed_loader(exp, dataset_dir, latents, info, check_frames or (lambda frames: None))
+        return bucketed_loader(exp, dataset_dir, latents, info, geometry,
+                               check_frames or (lambda frames: None))
     if latents is not None:
         dataset = LatentCacheDataset(latents)
     else:
         dataset = ClipData(Path(dataset_dir) / "train.jsonl", root=dataset_dir, num_frames=d["num_frames"],
                            fps=d["fps"], height=d["height"], width=d["width"], text_key=d["text_key"],
-                           seed=t["seed"])
+                           seed=t["seed"], temporal_compression=geometry.temporal)
     sampler = ResumableDistributedSampler(len(dataset), info.rank, info.world_size, seed=t["seed"],
                                           batch_size=t["micro_batch"])
     loader = DataLoader(dataset, batch_size=t["micro_batch"], sampler=sampler, num_workers=d["num_workers"],

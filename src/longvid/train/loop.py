@@ -1,6 +1,6 @@
 """Train an experiment's model: one loop for CPU and GPU, one process or many.
 
-Started by `torchrun` locally or by `srun` on Slurm (one task per GPU, any number of nodes); see
+Started as one process, by `torchrun`, or by `srun` on Slurm (one task per GPU, any number of nodes); see
 longvid.dist. With `train.deepspeed`, DeepSpeed (ZeRO, bf16, clipping) wraps the model: gloo on
 CPU, NCCL on GPUs. Otherwise plain PyTorch, with DDP when there are several processes.
 
@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +33,14 @@ import torch
 
 from longvid.diffusion.loss import diffusion_loss, drop_text, timestep_band
 from longvid.config import training_identity
+from longvid.io import write_json
 from longvid.dvc_publish import dataset_version
 from longvid.models.regimes import Regime, apply_regime, param_groups, parameter_table
 from longvid.train import accounting
 from longvid.train.checkpoint import CheckpointManager, capture_rng, restore_rng
-from longvid.runtime import build_dit, build_encoders, build_schedule
+from longvid.runtime import Geometry, build_dit, build_encoders, build_schedule
 from longvid.train.data import make_loader
-from longvid.dist import all_reduce_mean, barrier, init_distributed
+from longvid.dist import all_reduce_mean, barrier, cleanup, init_distributed
 from longvid.models.export import export_model
 from longvid.train.metrics import MetricsLogger, Throughput, progress
 from longvid.train.signals import EXIT_PREEMPTED, PreemptionHandler
@@ -83,13 +85,14 @@ class Trainer:
         self.encoders.vae.to(self.device)
         self.encoders.text.to(self.device)
         self.model = build_dit(exp, self.encoders, seed=self.cfg["seed"]).to(self.device)
+        self.geometry = Geometry.of(self.encoders.vae, self.model.config)  # frames and tokens of a clip
         regime = Regime(name=self.cfg["regime"], lora_rank=self.cfg["lora"]["rank"], lora_alpha=self.cfg["lora"]["alpha"])
         apply_regime(self.model, regime)
         if self.info.is_main:
             log.info("parameters:\n%s", parameter_table(self.model))
         self.schedule = build_schedule(exp)
         self.loader, self.sampler, self.dataset = make_loader(exp, dataset_dir, latents, self.info,
-                                                              check_frames=self.check_clip_frames)
+                                                              self.geometry, check_frames=self.check_clip_frames)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, self.cfg["weight_decay"]), lr=self.cfg["lr"],
                                            betas=tuple(self.cfg["betas"]), eps=self.cfg["eps"])
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.cfg))
@@ -109,7 +112,7 @@ class Trainer:
         """A clip length the model's geometry accepts (attention windows), else InputError."""
         from longvid.models.config import check_frames
 
-        check_frames(self.model.config, (frames - 1) // self.encoders.vae.temporal_compression + 1)
+        check_frames(self.model.config, self.geometry.latent_frames(frames))
 
     def _init_deepspeed(self) -> None:
         import deepspeed
@@ -182,7 +185,8 @@ class Trainer:
         with autocast:
             loss = diffusion_loss(self.net, self.schedule, latents, context.to(self.device), t.to(self.device),
                                   noise.to(self.device)).mean()
-        tokens = bs * latents.shape[1] * (latents.shape[3] // 2) * (latents.shape[4] // 2)
+        T, _, h, w = latents.shape[1:]
+        tokens = bs * self.geometry.latent_tokens(T, h, w)
         return loss, tokens, bs
 
     def train_step(self, batches) -> tuple[float, int, int]:
@@ -272,3 +276,18 @@ def supersede(run_dir: Path) -> Path:
         if (run_dir / name).exists():
             os.replace(run_dir / name, target / name)
     return target
+
+
+def train(cfg: dict, dataset_dir: Path, run_dir: Path, latents: Path, name: str) -> int:
+    """The train stage: train (or resume) in `run_dir`, from the latent index `latents` when
+    data.latent_cache is on, else from the clips; exit status 75 when stopped by a signal."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(cfg, run_dir, Path(dataset_dir), Path(latents) if cfg["data"]["latent_cache"] else None)
+    if trainer.info.is_main:
+        write_json(run_dir / "config.json", cfg)
+    t0 = time.time()
+    code = trainer.fit()
+    log.info("training took %.1f s", time.time() - t0)
+    cleanup()
+    return code
