@@ -1,4 +1,9 @@
-"""Training throughput of the real training step (loss, backward, AdamW) with peak memory.
+"""Training throughput of the real training step (`Trainer.train_step`: per-sample generators, text
+dropout, autocast, loss, backward, clipping, AdamW) with peak memory.
+
+Batches come through the trainer's own loader from a latent cache of random latents, shaped by the
+built VAE and DiT (`runtime.Geometry`), as in training with `data.latent_cache`: video decoding and
+VAE encoding are not timed.
 
 Configs, each measured in its own subprocess so peak memory (CUDA max allocated, or peak RSS on CPU)
 belongs to that config alone:
@@ -20,7 +25,9 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 CONFIGS = {
     "tiny": {},
@@ -31,41 +38,56 @@ CONFIGS = {
 }
 
 
+def random_latent_cache(exp: dict, root: Path, count: int) -> Path:
+    """A latent-cache index (longvid.encode's format) of `count` random clips of the experiment's
+    size; the latent shape is read from the built encoders and DiT config, as the trainer's."""
+    import torch
+    from safetensors.torch import save_file
+
+    from longvid.io import write_jsonl
+    from longvid.runtime import Geometry, build_encoders, dit_config
+
+    enc = build_encoders(exp)
+    geometry, d = Geometry.of(enc.vae, dit_config(exp, enc)), exp["data"]
+    shape = (geometry.latent_frames(d["num_frames"], "data.num_frames"), enc.vae.latent_channels,
+             *geometry.latent_size(d["height"], d["width"], "data.height/width"))
+    g, rows = torch.Generator().manual_seed(0), []
+    for i in range(count):
+        save_file({"latents": torch.randn(shape, generator=g),
+                   "context": torch.randn(enc.text.max_length, enc.text.dim, generator=g)},
+                  str(root / f"{i}.safetensors"))
+        rows.append({"id": str(i), "key": str(i), "file": f"{i}.safetensors"})
+    write_jsonl(root / "index.jsonl", rows)
+    return root / "index.jsonl"
+
+
 def measure(name: str, steps: int, device: str) -> dict:
     import torch
 
     from longvid import config as lvconfig
-    from longvid.diffusion.loss import diffusion_loss
-    from longvid.models.regimes import param_groups
-    from longvid.runtime import build_dit, build_encoders, build_schedule
+    from longvid.train.loop import Trainer
 
     exp = lvconfig.experiment("tiny", CONFIGS[name])
-    enc = build_encoders(exp)
-    model = build_dit(exp, enc, seed=0).to(device)
-    opt = torch.optim.AdamW(param_groups(model, 0.0), lr=1e-4)
-    sched = build_schedule(exp)
-    d, b = exp["data"], exp["train"]["micro_batch"]
-    T, C = (d["num_frames"] - 1) // 4 + 1, enc.vae.latent_channels
-    h, w = d["height"] // 8, d["width"] // 8
-    x0 = torch.randn(b, T, C, h, w, device=device)
-    ctx = torch.randn(b, enc.text.max_length, enc.text.dim, device=device)
-    times = []
-    for i in range(steps + 2):  # two warm-up steps
-        t0 = time.perf_counter()
-        t = torch.randint(0, 1000, (b,), device=device)
-        loss = diffusion_loss(model, sched, x0, ctx, t, torch.randn_like(x0)).mean()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
+    t = exp["train"]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        index = random_latent_cache(exp, root, 4 * t["micro_batch"] * t["grad_accum"])
+        trainer = Trainer(exp, root / "run", root, index)  # picks CUDA when visible (longvid.dist)
+        if trainer.device.type != device:
+            raise SystemExit(f"--device {device}: the trainer runs on {trainer.device}")
+        batches, times, tokens, samples = trainer.batches(), [], 0, 0
+        for i in range(steps + 2):  # two warm-up steps
+            t0 = time.perf_counter()
+            _, tokens, samples = trainer.train_step(batches)
+            trainer.step += 1  # the next step's per-sample generators, as in Trainer.fit
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
     step = statistics.median(times)
-    tokens = b * T * (h // 2) * (w // 2)
     peak = (torch.cuda.max_memory_allocated() if device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"config": name, "step_s": step, "samples_per_s": b / step, "tokens_per_s": tokens / step,
+    return {"config": name, "step_s": step, "samples_per_s": samples / step, "tokens_per_s": tokens / step,
             "video_tokens": tokens, "peak_mb": peak / 2**20}
 
 
@@ -79,9 +101,12 @@ def main() -> None:
         print(json.dumps(measure(args.one, args.steps, args.device)))
         return
     results = {}
+    # a CPU run on a GPU machine: hide the GPUs, as the trainer takes one whenever it sees it
+    env = {**os.environ, "WANDB_MODE": "disabled",
+           **({"CUDA_VISIBLE_DEVICES": ""} if args.device == "cpu" else {})}
     for name in CONFIGS:
         out = subprocess.run([sys.executable, __file__, "--one", name, "--steps", str(args.steps), "--device",
-                              args.device], capture_output=True, text=True, env=os.environ)
+                              args.device], capture_output=True, text=True, env=env)
         if out.returncode:
             raise SystemExit(out.stderr[-2000:])
         results[name] = json.loads(out.stdout.strip().splitlines()[-1])

@@ -97,3 +97,23 @@ def test_every_stage_has_help(name):
     assert proc.returncode == 0 and f"usage: longvid {name}" in proc.stdout, proc.stderr
     if name not in TOOLS and name != "publish":  # every stage runs by name: --dataset/--experiment NAME
         assert "--dataset NAME" in proc.stdout or "--experiment NAME" in proc.stdout
+
+
+def test_stages_resolve_config_from_any_directory(tmp_path):
+    """The schemas ship inside the package: validation needs no checkout as the working directory."""
+    configfile = SRC.parents[1] / "config" / "config.yaml"
+    proc = subprocess.run([sys.executable, "-m", "longvid", "config", "--dataset", "shapes", "--stage", "filter",
+                           "--configfile", str(configfile)], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert '"min_frames": 49' in proc.stdout and '"stage_version"' in proc.stdout
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_the_schemas(tmp_path):
+    import zipfile
+
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path),
+                           str(SRC.parents[1])], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = zipfile.ZipFile(next(tmp_path.glob("longvid-*.whl"))).namelist()
+    assert {f"longvid/schemas/{k}.schema.yaml" for k in ("config", "dataset", "experiment")} <= set(names)

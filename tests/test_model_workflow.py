@@ -2,6 +2,9 @@
 ending in a report that a real browser opens."""
 
 import json
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -33,6 +36,18 @@ def test_default_target_end_to_end_then_only_what_changed_reruns(repo_copy, tmp_
     assert len(media.videos) == 4 and all(v.get("data-loaded") == "1" for v in media.videos), media.videos
     assert media.images and all(img.get("data-ok") == "1" for img in media.images)  # stats plots, loss curve
     assert all(s["prompt"] in dom for s in index["samples"])
+    # provenance comes from the exported model, the train stage's declared output
+    final = json.loads((repo_copy / "results/train/tiny/final/config.json").read_text())
+    assert final["step"] == 8 and final["provenance"]["run_identity"] in dom and "run identity" in dom
+    assert (repo_copy / "results/train/tiny/final/metrics.jsonl").is_file()
+
+    # the same stage run by name, as a person would, writes the same page
+    by_hand = tmp_path / "by-hand.html"
+    subprocess.run([sys.executable, "-m", "longvid", "report", "--experiment", "tiny", "--configfile", TINY, EXP,
+                    "--out", str(by_hand)], cwd=repo_copy, check=True, capture_output=True)
+    def timeless(page):
+        return re.sub(r"generated \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \w+", "", page)
+    assert timeless(by_hand.read_text()) == timeless((repo_copy / "results/report/tiny.html").read_text())
     assert job_counts(snakemake(repo_copy, "-n", "--configfile", TINY, EXP).stdout) == {}
     # Snakemake's own report (`snakemake --report`) collects the flagged outputs with their captions
     snakemake(repo_copy, "--report", "snakemake-report.html", "--configfile", TINY, EXP)

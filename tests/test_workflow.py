@@ -120,3 +120,21 @@ def test_lint_format_dag_and_every_rule_has_log_and_benchmark(repo_copy):
         for block in blocks:
             name = block.split(":")[0]
             assert "\n    log:" in block and "\n    benchmark:" in block, f"{smk.name}: {name}"
+
+
+def test_a_folder_without_captions_fails_with_the_reason_not_a_missing_output(repo_copy, tmp_path):
+    from longvid.shapes import render_video
+
+    videos = tmp_path / "my videos"
+    videos.mkdir()
+    for i, color in enumerate(("red", "blue")):
+        shot = {"shape": "circle", "color": color, "direction": "left", "background": "black",
+                "start_frame": 0, "end_frame": 56}
+        render_video(videos / f"clip{i}.mp4", [shot], 8.0, 64, 96)
+    (repo_copy / "config/datasets/mine.yaml").write_text(
+        f"source: {{type: local, path: '{videos}'}}\nsplit: {{detector: none, cut: false}}\n")
+    proc = snakemake(repo_copy, "data/datasets/mine/train.jsonl", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "MissingOutputException" not in out
+    assert ("longvid dataset: error: data/datasets/mine: 0 of 2 clips kept: 2 uncaptioned — caption.backend "
+            "passthrough needs source captions") in out

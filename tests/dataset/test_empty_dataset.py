@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from longvid import config
-from longvid.caption.passthrough import caption_shard
+from longvid.caption.passthrough import passthrough
 from longvid.dataset.build import build_dataset, empty_dataset_reason
 from longvid.ingest import manifest, synthetic
-from longvid.ingest.filters import filter_shard
+from longvid.ingest.filters import score
 from longvid.ingest.probe import probe_file
 from longvid.io import InputError, read_jsonl, write_jsonl
 
@@ -28,10 +28,11 @@ def clip_of(path, captions=()) -> dict:
 
 
 def shard_table(tmp_path, name: str, clips: list[dict]):
-    """clips -> filter -> caption, as the stages do; returns the captioned table."""
-    write_jsonl(tmp_path / f"{name}.clips.jsonl", clips)
-    filter_shard(tmp_path / f"{name}.clips.jsonl", tmp_path / f"{name}.filtered.jsonl", DEFAULTS["filter"], 1)
-    caption_shard(tmp_path / f"{name}.filtered.jsonl", tmp_path / f"{name}.captioned.jsonl", DEFAULTS["caption"])
+    """clips scored by the filter, kept ones captioned by passthrough (what the two stages do to each
+    row), written as a captioned shard table."""
+    rows = [{**c, **score(c, DEFAULTS["filter"])} for c in clips]
+    rows = [{**r, **passthrough(r)} if r["keep"] else r for r in rows]
+    write_jsonl(tmp_path / f"{name}.captioned.jsonl", rows)
     return tmp_path / f"{name}.captioned.jsonl"
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from longvid.dataset import viz
+from longvid.stages import viz_data as viz
 from longvid.dataset.loader import VideoClipDataset
 from longvid.shapes import caption_of, render_video
 from longvid.io import InputError

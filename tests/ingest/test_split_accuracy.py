@@ -6,7 +6,11 @@ import pytest
 
 from longvid.ingest import synthetic
 from longvid.ingest.probe import probe_file
-from longvid.ingest.split import DEFAULTS, plan_pieces, split_video
+from longvid import config
+from longvid.ingest.split import plan_pieces, split_video
+
+# the schema's defaults of the `split` section (the only place they are written)
+SPLIT_DEFAULTS = config.validate({"source": {"type": "synthetic"}}, "dataset.schema.yaml", "")["split"]
 
 
 def backgrounds_of(path):
@@ -31,7 +35,7 @@ def video(tmp_path_factory):
 @pytest.mark.parametrize("fps", [None, 8])
 def test_clips_hold_exactly_their_shot(video, tmp_path, fps):
     row, shots = video
-    out = split_video(row, tmp_path, {**DEFAULTS, "fps": fps, "min_scene_len": 8})
+    out = split_video(row, tmp_path, {**SPLIT_DEFAULTS, "fps": fps, "min_scene_len": 8})
     clips = out["clips"]
     assert [(c["start_frame"], c["end_frame"]) for c in clips] == [(s["start_frame"], s["end_frame"]) for s in shots]
     for clip, shot in zip(clips, shots):
@@ -46,7 +50,7 @@ def test_clips_hold_exactly_their_shot(video, tmp_path, fps):
 
 
 def test_long_scenes_are_split_and_short_ones_dropped():
-    cfg = {**DEFAULTS, "max_scene_seconds": 2.0, "min_scene_seconds": 0.5, "trim_start": 1.0}
+    cfg = {**SPLIT_DEFAULTS, "max_scene_seconds": 2.0, "min_scene_seconds": 0.5, "trim_start": 1.0}
     # 10 fps: scenes of 5.1 s and 0.3 s; the trim removes the first second
     pieces = plan_pieces([(0, 51), (51, 54)], 54, 10.0, cfg)
     assert pieces == [(10, 23), (23, 37), (37, 51)]  # 41 frames -> the fewest equal pieces of <= 20

@@ -1,0 +1,1 @@
+"""longvid: raw video collections to trained long-video diffusion models."""
