@@ -16,6 +16,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import ffmpeg
@@ -29,7 +30,7 @@ def make_clip(path: Path, seconds: float, width: int, height: int, fps: float) -
     """A moving test pattern encoded like a split clip; returns its frame count."""
     src = ffmpeg.input(f"testsrc2=size={width}x{height}:rate={fps}:duration={seconds}", f="lavfi")
     run_ffmpeg(h264(src, path))
-    return int(round(seconds * fps))
+    return round(seconds * fps)
 
 
 def run_items(decoder: str, path: Path, plans: list[np.ndarray], src_fps: float, height: int, width: int):
@@ -68,8 +69,8 @@ def main() -> None:
         for frames, th, tw in cases:
             rng = np.random.default_rng(0)
             plans = [plan_frames(n_src, args.src_fps, frames, args.fps, rng)[0] for _ in range(args.items)]
-            got = timed({d: (lambda d=d: run_items(d, clip, plans, args.src_fps, th, tw)) for d in ("pyav", "decord")},
-                        args.repeats)
+            fns = {d: partial(run_items, d, clip, plans, args.src_fps, th, tw) for d in ("pyav", "decord")}
+            got = timed(fns, args.repeats)
             (t_ref, ref), (t_new, new) = got["pyav"], got["decord"]
             if not all(np.array_equal(a, b) for a, b in zip(ref, new)):
                 raise SystemExit(f"{frames} frames at {th}x{tw}: PyAV and decord pixels differ")

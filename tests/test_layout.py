@@ -112,8 +112,11 @@ def test_stages_resolve_config_from_any_directory(tmp_path):
 def test_the_wheel_carries_the_schemas(tmp_path):
     import zipfile
 
+    from conftest import copy_repo
+
+    source = copy_repo(tmp_path / "src")  # a build writes build/ and *.egg-info beside the sources
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path),
-                           str(SRC.parents[1])], capture_output=True, text=True, timeout=300)
+                           str(source)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     names = zipfile.ZipFile(next(tmp_path.glob("longvid-*.whl"))).namelist()
     assert {f"longvid/schemas/{k}.schema.yaml" for k in ("config", "dataset", "experiment")} <= set(names)

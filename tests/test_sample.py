@@ -233,10 +233,10 @@ def test_bad_checkpoint_is_one_clear_error_and_nothing_is_lost(model_dir, tmp_pa
     (broken / "config.json").write_text((model_dir / "config.json").read_text())
     (broken / "model.safetensors").write_bytes(b"\x00" * 64)
     items = plan(exp, broken, prompts)  # identity only hashes; loading names the file
-    with pytest.raises(InputError, match=f"{broken}: unreadable exported model"):
+    with pytest.raises(InputError, match=f"{broken}/model.safetensors: unreadable exported model"):
         sample_shard(items, exp, broken, out)
     (broken / "config.json").write_text("{not json")
-    with pytest.raises(InputError, match=f"{broken}/config.json: unreadable"):
+    with pytest.raises(InputError, match=f"{broken}/config.json: not an exported longvid model"):
         plan(exp, broken, prompts)
     assert (out / "0000_00.mp4").read_bytes() == b"an earlier video"
 

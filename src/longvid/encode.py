@@ -30,7 +30,7 @@ from tqdm import tqdm
 from longvid.dataset.loader import VideoClipDataset
 from longvid.io import sha256_file
 from longvid.io import atomic_path, write_jsonl
-from longvid.runtime import Geometry, build_encoders, dit_config
+from longvid.runtime import Geometry, build_encoders
 from longvid.dist import barrier, cleanup, init_distributed
 
 log = logging.getLogger(__name__)
@@ -50,11 +50,11 @@ def bucket_assignment(d: dict, ds: VideoClipDataset, geometry: Geometry) -> list
     """Each row's bucket under `data.buckets` (sizes set on `ds`), or 0 for all without buckets."""
     if not d.get("buckets"):
         return [0] * len(ds.rows)
-    from longvid.dataset.buckets import plan_buckets
+    from longvid.dataset.buckets import assign_buckets
 
-    plan = plan_buckets(ds.rows, d["buckets"], d["max_tokens"], geometry, fps=d["fps"])
-    ds.set_sizes(plan.row_sizes)
-    return plan.assignment
+    assignment = assign_buckets(ds.rows, d["buckets"], geometry, fps=d["fps"])
+    ds.set_sizes([None if b is None else tuple(d["buckets"][b]) for b in assignment])
+    return assignment
 
 
 @torch.no_grad()
@@ -64,8 +64,9 @@ def encode_split(exp: dict, jsonl: Path, root: Path, cache: Path, index: Path) -
     enc = build_encoders(exp)
     enc.vae.to(info.device)
     enc.text.to(info.device)
-    # the DiT's config (not the model) for its patch size: bucket sizes must match the trainer's
-    geometry = Geometry.of(enc.vae, dit_config(exp, enc))
+    # encode is given no DiT section: the VAE's geometry places clips in buckets; the trainer sizes
+    # the batches of the recorded buckets with the DiT's patch
+    geometry = Geometry.of_vae(enc.vae)
     ds = VideoClipDataset(jsonl, root=root, num_frames=d["num_frames"], fps=d["fps"], height=d["height"],
                           width=d["width"], text_key=d["text_key"], random_start=False,
                           temporal_compression=geometry.temporal)

@@ -49,6 +49,12 @@ class Geometry:
                              f"({type(vae).__name__}) groups {t} frames per latent frame")
         return cls(t, vae.spatial_compression, dit_cfg.patch_size)
 
+    @classmethod
+    def of_vae(cls, vae: VideoAutoencoder) -> Geometry:
+        """The VAE's side alone, for a stage given no DiT (encode): frames and latent sizes are
+        right; patch 1, so tokens count latent pixels and must not size batches."""
+        return cls(vae.temporal_compression, vae.spatial_compression, 1)
+
     def latent_frames(self, frames: int, key: str = "num_frames") -> int:
         return causal_latent_frames(frames, self.temporal, key)
 

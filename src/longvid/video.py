@@ -24,6 +24,10 @@ import numpy as np
 from longvid.io import InputError
 
 DECODERS = ("pyav", "decord")
+# decord numbers frames by its own packet index, which is exact in these containers but not in
+# MPEG-TS with B-frames (measured: 4-5 frames late, tests/dataset/test_loader.py); other files fall
+# back to PyAV, which numbers frames by timestamp.
+DECORD_CONTAINERS = (".mp4", ".m4v", ".mov", ".mkv", ".webm")
 
 
 def to_uint8(video) -> np.ndarray:
@@ -93,8 +97,9 @@ def decode_frames(path: str | os.PathLike, indices: np.ndarray, src_fps: float, 
     from av.video.reformatter import VideoReformatter
 
     wanted = [int(i) for i in np.unique(indices)]
-    backend = _pyav_frames if decoder == "pyav" else _decord_frames
-    # Each frame is resized as soon as it is decoded: a 145-frame clip at source size would not fit.
+    use_decord = decoder == "decord" and str(path).lower().endswith(DECORD_CONTAINERS)
+    backend = _decord_frames if use_decord else _pyav_frames
+    # Each frame is resized as soon as it is decoded: 145 source-size frames at once would be GBs.
     # Kept swscale contexts (one per conversion: alternating sizes in one would rebuild it each time).
     scaler, to_rgb = VideoReformatter(), VideoReformatter()
     got = backend(path, wanted, src_fps, lambda rgb: cover_crop(rgb, height, width, scaler), to_rgb)

@@ -7,13 +7,13 @@ import json
 import pytest
 from torch.utils.data import DataLoader
 
-from longvid.dataset.buckets import BucketBatchSampler, BucketPlan, plan_buckets
+from longvid.dataset.buckets import BucketBatchSampler, BucketPlan, assign_buckets, plan_buckets
 from longvid.dataset.loader import VideoClipDataset, plan_frames
-from longvid.shapes import render_video
 from longvid.io import InputError
 from longvid.models.registry import SIZES
 from longvid.models.vae import PoolVAE
 from longvid.runtime import Geometry
+from longvid.shapes import render_video
 
 BUCKETS = [(17, 32, 64), (17, 64, 64), (17, 64, 32), (33, 64, 64)]
 COGVIDEOX = Geometry(temporal=4, spatial=8, patch=2)
@@ -64,6 +64,8 @@ def test_rows_go_to_the_closest_aspect_they_can_fill():
                    (64, 64, 100, 24))  # 100 frames at 24 fps are 34 at 8 fps
     plan = plan_buckets(rows, BUCKETS, 1000, COGVIDEOX, fps=8)
     assert plan.assignment == [0, 3, 1, 2, 0, None, 3]
+    # placing clips needs no DiT (longvid encode is given none): the VAE's side gives the same buckets
+    assert assign_buckets(rows, BUCKETS, Geometry.of_vae(PoolVAE()), fps=8) == plan.assignment
     assert plan.counts() == [2, 1, 1, 2] and plan.summary()["unassigned"] == 1
     assert plan.row_sizes[1] == (33, 64, 64) and plan.row_sizes[5] is None
     # counted at the target fps, not in source frames: 100 frames at 24 fps cannot fill 41 frames at 8

@@ -15,7 +15,7 @@ from longvid.dataset.sampler import ResumableDistributedSampler
 from longvid.dataset.loader import ClipError, VideoClipDataset, frames_at_fps, plan_frames
 from longvid.shapes import DIRECTIONS, caption_of, render_video
 from longvid.io import InputError
-from longvid.video import cover_size, encode_frames, run_ffmpeg
+from longvid.video import DECODERS, cover_size, encode_frames, run_ffmpeg
 
 BITS = 8  # frame number written as 8 black/white blocks, 8 px each: survives lossy coding exactly
 
@@ -85,8 +85,10 @@ def test_plan_frames_strides_and_short_clips():
     assert cover_size(120, 160, 64, 64) == (64, 85) and cover_size(160, 120, 64, 64) == (85, 64)
 
 
-def test_decoded_frames_are_the_planned_source_frames(clips):
-    ds = VideoClipDataset(clips / "train.jsonl", num_frames=9, fps=8, height=16, width=8 * BITS, seed=3)
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_decoded_frames_are_the_planned_source_frames(clips, decoder):
+    ds = VideoClipDataset(clips / "train.jsonl", num_frames=9, fps=8, height=16, width=8 * BITS, seed=3,
+                          decoder=decoder)
     counter = ds.rows.index(next(r for r in ds.rows if r["id"] == "counter"))
     starts = set()
     for epoch in range(4):
@@ -99,11 +101,14 @@ def test_decoded_frames_are_the_planned_source_frames(clips):
     assert len(starts) > 1 and max(starts) > 12  # random starts, including ones that need a seek
 
 
-def test_seeking_in_formats_without_an_index(clips, tmp_path):
-    """MPEG-TS seeks land after the target keyframe; the loader must notice and seek further back."""
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_seeking_in_formats_without_an_index(clips, tmp_path, decoder):
+    """MPEG-TS seeks land after the target keyframe; the loader must notice and seek further back.
+    (decord misnumbers MPEG-TS frames: `decoder="decord"` falls back to PyAV here, still exact.)"""
     run_ffmpeg(ffmpeg.input(str(clips / "clips" / "counter.mp4")).output(str(tmp_path / "counter.ts"), c="copy"))
     write_jsonl(tmp_path / "d.jsonl", [row("counter.ts", 200, 30, 8 * BITS, 16)])
-    ds = VideoClipDataset(tmp_path / "d.jsonl", num_frames=9, fps=8, height=16, width=8 * BITS, seed=5)
+    ds = VideoClipDataset(tmp_path / "d.jsonl", num_frames=9, fps=8, height=16, width=8 * BITS, seed=5,
+                          decoder=decoder)
     starts = []
     for epoch in range(4):
         ds.set_epoch(epoch)
@@ -113,14 +118,15 @@ def test_seeking_in_formats_without_an_index(clips, tmp_path):
     assert max(starts) > 60, starts
 
 
-def test_dropped_frames_show_the_frame_on_screen(clips, tmp_path):
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_dropped_frames_show_the_frame_on_screen(clips, tmp_path, decoder):
     """A variable-frame-rate file missing frames 10-12: those times show frame 9, as a player would."""
     run_ffmpeg(ffmpeg.input(str(clips / "clips" / "counter.mp4"))
                .filter("select", "not(between(n,10,12))")
                .output(str(tmp_path / "vfr.mp4"), fps_mode="vfr", vcodec="libx264", crf=12))
     write_jsonl(tmp_path / "d.jsonl", [row("vfr.mp4", 200, 30, 8 * BITS, 16)])
     ds = VideoClipDataset(tmp_path / "d.jsonl", num_frames=17, fps=30, height=16, width=8 * BITS,
-                          random_start=False)
+                          random_start=False, decoder=decoder)
     assert read_counter(ds[0]["video"]) == list(range(10)) + [9, 9, 9] + [13, 14, 15, 16]
 
 

@@ -22,7 +22,8 @@ def short(repo, **train) -> str:
     return write_experiment(repo, train={**SHORT_TRAIN, **train})
 
 
-@pytest.mark.parametrize("sig,at_step", [(signal.SIGKILL, 5), (signal.SIGKILL, 9), (signal.SIGTERM, 7)])
+@pytest.mark.parametrize("sig,at_step", [(signal.SIGKILL, 5), (signal.SIGKILL, 9), (signal.SIGTERM, 7)],
+                         ids=["sigkill-at-5", "sigkill-at-9", "sigterm-at-7"])
 def test_interrupted_run_resumes_bit_identical(shapes_repo, shapes_latents, short_run, tmp_path, sig, at_step):
     name, reference = short_run
     cmd = train_cmd(shapes_repo, name, tmp_path, shapes_latents)

@@ -90,8 +90,16 @@ def choose_bucket(width: int, height: int, frames: int,
 
 def plan_buckets(rows: Sequence[dict], buckets: Sequence[Sequence[int]], max_tokens: int, geometry: Geometry,
                  fps: float | None = None, skip_frames: int = 0) -> BucketPlan:
-    """Assign rows (`width`, `height`, `num_frames`, and `fps` when `fps` is given: frames are then
-    counted at that target rate, as the loader samples them) to buckets."""
+    """Assign rows to buckets (`assign_buckets`) and size each bucket's batches to the budget."""
+    return plan_for(buckets, assign_buckets(rows, buckets, geometry, fps, skip_frames), max_tokens, geometry)
+
+
+def assign_buckets(rows: Sequence[dict], buckets: Sequence[Sequence[int]], geometry: Geometry,
+                   fps: float | None = None, skip_frames: int = 0) -> list[int | None]:
+    """Each row's bucket (None: shorter than all) from its `width`, `height`, `num_frames`, and `fps`
+    when `fps` is given: frames are then counted at that target rate, as the loader samples them.
+    Tokens play no part, so a stage given no DiT (encode) may pass the VAE's side alone
+    (`Geometry.of_vae`); the trainer sizes batches from the recorded assignment (`plan_for`)."""
     checked = check_buckets(buckets, geometry)
     assignment = []
     for i, row in enumerate(rows):
@@ -107,11 +115,10 @@ def plan_buckets(rows: Sequence[dict], buckets: Sequence[Sequence[int]], max_tok
                 raise InputError(f"rows[{i}]: needs `fps` (or `duration`) to count frames at {fps} fps")
             available = frames_at_fps(n, src, fps, skip_frames)
         assignment.append(choose_bucket(w, h, available, checked))
-    plan = plan_for(checked, assignment, max_tokens, geometry)
-    dropped = plan.summary()["unassigned"]
+    dropped = sum(a is None for a in assignment)
     if dropped:
         log.warning("%d of %d rows are shorter than every bucket and are left out", dropped, len(rows))
-    return plan
+    return assignment
 
 
 def plan_for(buckets: Sequence[Sequence[int]], assignment: Sequence[int | None], max_tokens: int,

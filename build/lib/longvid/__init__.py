@@ -1,1 +1,0 @@
-"""longvid: raw video collections to trained long-video diffusion models."""

@@ -1,1 +1,0 @@
-"""The report stage: one self-contained HTML page per experiment."""
