@@ -147,8 +147,10 @@ DERIVED_DIT_KEYS = {
     "out_channels": "the VAE (model.vae.type)", "text_dim": "the text encoder (model.text)",
     "text_length": "model.text.max_length", "gradient_checkpointing": "train.gradient_checkpointing",
 }
-# What the encoders give runtime.dit_config, known without building them (torch): every VAE of
-# models/vae.py compresses 4x in time and 8x in space; latent channels are 3*4*8*8 (space_to_depth),
+# What the encoders give runtime.dit_config, known without building them (torch): (temporal and
+# spatial compression, latent channels) per model.vae.type. runtime.build_encoders builds the
+# weightless VAEs from this table; CogVideoX's is checked against its weights' config when built
+# (runtime.Geometry.of). Every VAE here compresses 4x in time and 8x in space; latent channels are 3*4*8*8 (space_to_depth),
 # 3 (pool) and 16 (CogVideoX's released VAEs, read from its config at train time); T5-v1.1-XXL is
 # 4096 wide. Channels and text width only need to be positive here: no override rule involves them.
 VAE_GEOMETRY = {"space_to_depth": (4, 8, 768), "pool": (4, 8, 3), "cogvideox": (4, 8, 16)}
@@ -211,12 +213,14 @@ def check_model(cfg: dict, where: str) -> None:
 
 # Bump a stage's number when what it writes changes meaning (a fixed algorithm, a new column): the
 # workflow then reruns that stage, and through its outputs everything downstream, and nothing else.
-STAGE_VERSIONS = {"fetch": 1, "shard": 1, "probe": 1, "split": 1, "filter": 1, "caption": 1, "dataset": 1,
-                  "publish": 1, "encode": 1, "train": 1, "sample": 1, "evaluate": 1, "report": 1}
+# probe 2, split 2: rotated videos measured and cut at their displayed size. encode 2, train 2: PyAV
+# and decord decode to RGB at source size, then share one resize-and-crop.
+STAGE_VERSIONS = {"fetch": 1, "shard": 1, "probe": 2, "split": 2, "filter": 1, "caption": 1, "dataset": 1,
+                  "encode": 2, "train": 2, "sample": 1, "evaluate": 1, "report": 1}
 
 # Data stages: the dataset config sections each one reads (shard reads the top-level shard_size).
 DATASET_STAGES = {"fetch": ("source",), "shard": (), "probe": (), "split": ("split",), "filter": ("filter",),
-                  "caption": ("caption",), "dataset": ("dataset",), "publish": ("dvc",)}
+                  "caption": ("caption",), "dataset": ("dataset",)}
 
 # Model stages: what of the experiment each reads. Later stages read everything earlier ones do.
 EXPERIMENT_STAGES = {

@@ -1,8 +1,8 @@
 """Precompute VAE latents and text embeddings of a dataset into a content-addressed cache.
 
 A cache entry is keyed by what determines it — the clip's content (sha256 of the file), the caption,
-the encoders' identity, frames x height x width at the training fps, and the dtype — never by file
-name, so entries are shared by every experiment that would compute the same thing, and a changed
+the encoders' identity, frames x height x width at the training fps, the dtype and the decoding
+version (longvid.video.DECODE_VERSION) — never by file name, so entries are shared by every experiment that would compute the same thing, and a changed
 clip, caption or encoder can never be served stale. Entries are `{cache}/{key[:2]}/{key}.safetensors`
 holding `latents` (T, C, h, w) and `context` (L, D), written atomically; existing ones are skipped.
 
@@ -28,17 +28,18 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from longvid.dataset.loader import VideoClipDataset
-from longvid.io import sha256_file
-from longvid.io import atomic_path, write_jsonl
-from longvid.runtime import Geometry, build_encoders
 from longvid.dist import barrier, cleanup, init_distributed
+from longvid.io import atomic_path, sha256_file, write_jsonl
+from longvid.runtime import Geometry, build_encoders
+from longvid.video import DECODE_VERSION
 
 log = logging.getLogger(__name__)
 DTYPE = "float32"
 
 
 def entry_key(clip_sha: str, text: str, encoder_id: str, shape: str) -> str:
-    parts = [clip_sha, hashlib.sha256(text.encode()).hexdigest(), encoder_id, shape, DTYPE]
+    parts = [clip_sha, hashlib.sha256(text.encode()).hexdigest(), encoder_id, shape, DTYPE,
+             f"decode{DECODE_VERSION}"]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
@@ -69,7 +70,7 @@ def encode_split(exp: dict, jsonl: Path, root: Path, cache: Path, index: Path) -
     geometry = Geometry.of_vae(enc.vae)
     ds = VideoClipDataset(jsonl, root=root, num_frames=d["num_frames"], fps=d["fps"], height=d["height"],
                           width=d["width"], text_key=d["text_key"], random_start=False,
-                          temporal_compression=geometry.temporal)
+                          temporal_compression=geometry.temporal, decoder=d["decoder"])
     assignment = bucket_assignment(d, ds, geometry)
     # dataset rows with a bucket (all of them without buckets: a short clip is padded as in training)
     used = [i for i, bucket in enumerate(assignment) if bucket is not None]

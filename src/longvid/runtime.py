@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from longvid.config import VAE_GEOMETRY
 from longvid.diffusion.schedule import NoiseSchedule
 from longvid.io import InputError
 from longvid.models.config import DiTConfig
@@ -90,9 +91,11 @@ def build_encoders(exp: dict) -> Encoders:
     m = exp["model"]
     v, t = m["vae"], m["text"]
     if v["type"] == "space_to_depth":
-        vae = SpaceToDepthVAE()
+        temporal, spatial, _ = VAE_GEOMETRY["space_to_depth"]  # the table config validation reads too
+        vae = SpaceToDepthVAE(temporal=temporal, spatial=spatial)
     elif v["type"] == "pool":
-        vae = PoolVAE()
+        temporal, spatial, _ = VAE_GEOMETRY["pool"]
+        vae = PoolVAE(temporal=temporal, spatial=spatial)
     else:
         if not v["path"]:
             raise InputError("model.vae.path: required for vae.type=cogvideox")

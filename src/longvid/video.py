@@ -24,6 +24,9 @@ import numpy as np
 from longvid.io import InputError
 
 DECODERS = ("pyav", "decord")
+# The version of what decode_frames returns for given frames and size. Part of every latent-cache
+# key (longvid.encode), so a change in decoding or resizing never serves latents of the old pixels.
+DECODE_VERSION = 2  # 2: RGB at source size, then one shared resize-and-crop for both backends
 # decord numbers frames by its own packet index, which is exact in these containers but not in
 # MPEG-TS with B-frames (measured: 4-5 frames late, tests/dataset/test_loader.py); other files fall
 # back to PyAV, which numbers frames by timestamp.

@@ -82,7 +82,7 @@ def bucketed_loader(exp: dict, dataset_dir: Path, latents: Path | None, info, ge
     else:
         dataset = ClipData(Path(dataset_dir) / "train.jsonl", root=dataset_dir, num_frames=d["num_frames"],
                            fps=d["fps"], height=d["height"], width=d["width"], text_key=d["text_key"],
-                           seed=t["seed"], temporal_compression=geometry.temporal)
+                           seed=t["seed"], temporal_compression=geometry.temporal, decoder=d["decoder"])
         plan = plan_buckets(dataset.rows, d["buckets"], d["max_tokens"], geometry, fps=d["fps"])
         dataset.set_sizes(plan.row_sizes)
     sampler = BucketBatchSampler(plan, info.rank, info.world_size, seed=t["seed"])
@@ -105,7 +105,7 @@ def make_loader(exp: dict, dataset_dir: Path, latents: Path | None, info, geomet
     else:
         dataset = ClipData(Path(dataset_dir) / "train.jsonl", root=dataset_dir, num_frames=d["num_frames"],
                            fps=d["fps"], height=d["height"], width=d["width"], text_key=d["text_key"],
-                           seed=t["seed"], temporal_compression=geometry.temporal)
+                           seed=t["seed"], temporal_compression=geometry.temporal, decoder=d["decoder"])
     sampler = ResumableDistributedSampler(len(dataset), info.rank, info.world_size, seed=t["seed"],
                                           batch_size=t["micro_batch"])
     loader = DataLoader(dataset, batch_size=t["micro_batch"], sampler=sampler, num_workers=d["num_workers"],
