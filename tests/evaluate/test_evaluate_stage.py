@@ -12,7 +12,7 @@ import pytest
 
 from longvid import config
 from conftest import stage_args
-from longvid.evaluate.stage import evaluate
+from longvid.evaluate.evaluation import evaluate
 from longvid.shapes import caption_of, render_shot
 from longvid.io import InputError
 from longvid.runtime import build_dit, build_encoders

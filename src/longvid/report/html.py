@@ -8,7 +8,8 @@ videos over 1.5 MB go in as smaller previews (longvid.report.preview).
 Inputs: the samples index (index.json and the videos; required) and, each optional — the page shows
 a "not available" note when one is missing — the dataset's stats.json and stats/*.png, the exported
 model's config.json (the experiment it was trained with, its step and provenance) and metrics.jsonl
-(the training curve), and the evaluate stage's metrics.json. All text from inputs (prompts above all) is escaped.
+(the training curve), and the evaluate stage's metrics.json. All text from inputs (prompts above
+all) is escaped.
 
 A small inline script marks each video `data-loaded="1"` (and `data-video-width`) once the browser
 has decoded its first frame, shows a note under a video it cannot decode, and marks each decoded

@@ -138,7 +138,7 @@ STAGES = [
                  "--prompts": (None, "prompt file (default: the experiment's sample.prompts)"),
                  "--work-dir": ("results/sample_runs/{experiment}", "where videos are made and kept across runs"),
                  "--out-dir": ("results/samples/{experiment}", "receives links to the current set")}),
-    Stage("evaluate", "experiment", "longvid.evaluate.stage:evaluate_stage",
+    Stage("evaluate", "experiment", "longvid.evaluate.evaluation:evaluate_stage",
           "score samples: flicker, motion, warping, prompted colour/direction, val loss; FVD/CLIP/VBench if set",
           files={"--model": ("results/train/{experiment}/final", "exported model"),
                  "--samples": ("results/samples/{experiment}", "samples with index.json"),
