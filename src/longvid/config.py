@@ -81,7 +81,8 @@ def validate(obj: dict, schema_name: str, where: str, root: Path = ROOT) -> dict
                 hint = f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(known)})"
                 raise InputError(f"{prefix}{'.'.join([*at, extra[0]])}: unknown key{hint}")
         if e.validator == "required":  # name the missing key itself, and what it is for
-            missing = next(k for k in e.validator_value if k not in e.instance)
+            # defaults are filled while validating, so a required key may be there by now, as null
+            missing = next((k for k in e.validator_value if e.instance.get(k) is None), e.validator_value[0])
             what = known.get(missing, {}).get("description")
             raise InputError(f"{prefix}{'.'.join([*at, missing])}: required" + (f" ({what})" if what else ""))
         raise InputError(f"{prefix}{key}: {e.message}")
