@@ -60,11 +60,12 @@ def test_build_rerun_nothing_then_only_downstream_of_a_changed_threshold(repo_co
     assert stats["reject_reasons"] == {"motion": 1}
 
     # A person runs a stage by name and gets what the rule made: same config, same default paths.
-    made = {t: (repo_copy / f"data/shards/shapes/s00000/{t}.jsonl").read_bytes() for t in ("filtered", "captioned")}
-    for stage in ("filter", "caption"):
-        subprocess.run([sys.executable, "-m", "longvid", stage, "--dataset", "shapes", "--shard", "s00000",
+    tables = ["data/shards/shapes/s00000/filtered.jsonl", "data/shards/shapes/s00000/captioned.jsonl", *DATA[:2]]
+    made = {t: (repo_copy / t).read_bytes() for t in tables}
+    for stage, where in (("filter", ["--shard", "s00000"]), ("caption", ["--shard", "s00000"]), ("dataset", [])):
+        subprocess.run([sys.executable, "-m", "longvid", stage, "--dataset", "shapes", *where,
                         "--configfile", TINY, str(tweak)], cwd=repo_copy, check=True, capture_output=True)
-    assert {t: (repo_copy / f"data/shards/shapes/s00000/{t}.jsonl").read_bytes() for t in made} == made
+    assert {t: (repo_copy / t).read_bytes() for t in tables} == made
     assert job_counts(snakemake(repo_copy, "-n", *DATA, "--configfile", TINY, str(tweak)).stdout) == {}
 
 

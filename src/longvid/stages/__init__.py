@@ -59,16 +59,19 @@ class Stage:
 
     def run(self, args) -> int:
         cfg = self.config(args) if self.kind is not None else {}
-        names = {"shard": getattr(args, "shard", None), self.kind or "name": getattr(args, self.kind or "", None)}
-        if self.kind == "experiment":
-            names["dataset"] = cfg.get("dataset")
+        name = getattr(args, self.kind) if self.kind is not None else None
+        # what default paths are made of; an experiment's {dataset} is the one it trains on
+        dataset = cfg["dataset"] if self.kind == "experiment" else name
+        fields = {"shard": getattr(args, "shard", None), "dataset": dataset, "experiment": name}
         kwargs = {}
         for flag, (default, _) in self.files.items():
             value = getattr(args, flag_attr(flag))
-            kwargs[flag_attr(flag)] = value if value is not None or default is None else Path(default.format(**names))
-        kwargs.update({flag_attr(flag): getattr(args, flag_attr(flag)) for flag in self.options})
-        if self.kind is not None:
-            kwargs["name"] = getattr(args, self.kind)
+            if value is None and default is not None:
+                value = Path(default.format(**fields))
+            kwargs[flag_attr(flag)] = value
+        kwargs |= {flag_attr(flag): getattr(args, flag_attr(flag)) for flag in self.options}
+        if name is not None:
+            kwargs["name"] = name
         module, function = self.entry.split(":")
         return int(getattr(importlib.import_module(module), function)(cfg, **kwargs) or 0)
 
