@@ -112,8 +112,11 @@ STAGES = [
     per_shard("filter", "longvid.ingest.filters:filter_shard",
               "score clips (frames at the training fps, size, aspect, motion); keep or reject them with reasons",
               ("clips", "clips", "clip table from split"), "filtered"),
-    per_shard("caption", "longvid.caption.passthrough:caption_shard", "attach captions to the kept clips of a shard",
-              ("clips", "filtered", "filtered clip table"), "captioned", workers=False),
+    per_shard("caption", "longvid.caption.stage:caption_shard",
+              "caption the kept clips of a shard (source captions, or a VLM behind an OpenAI-compatible API)",
+              ("clips", "filtered", "filtered clip table"), "captioned", workers=False,
+              cache=("data/caption_cache/{dataset}/{shard}.jsonl", "finished captions, kept across failed and "
+                     "repeated jobs (not a Snakemake output)")),
     Stage("dataset", "dataset", "longvid.dataset.build:build_from_shards",
           "gather captioned shards into train/val JSONL, stats, plots and clips/",
           files={"--shards-json": ("data/shards/{dataset}/shards.json", "the shard list (its captioned tables "
