@@ -26,6 +26,10 @@ from longvid import config as lvconfig
 
 SHARD = "data/shards/{dataset}/{shard}"
 DATASET = "data/datasets/{dataset}"  # of an experiment stage: the experiment's dataset
+# what the model stages hand on: the exported model (train's output), the samples, the metrics
+MODEL = ("results/train/{experiment}/final", "exported model: weights, config with step and provenance, curve")
+SAMPLES = ("results/samples/{experiment}", "the samples: index.json, videos and sidecars")
+METRICS = "results/eval/{experiment}/metrics.json"
 
 
 @dataclass(frozen=True)
@@ -140,22 +144,17 @@ STAGES = [
                                "data.latent_cache is on)")}),
     Stage("sample", "experiment", "longvid.sample:sample_all",
           "render videos from the exported model: recorded seeds, sidecars, resumable, split over ranks",
-          files={"--model": ("results/train/{experiment}/final", "exported model"),
-                 "--prompts": (None, "prompt file (default: the experiment's sample.prompts)"),
+          files={"--model": MODEL, "--prompts": (None, "prompt file (default: the experiment's sample.prompts)"),
                  "--work-dir": ("results/sample_runs/{experiment}", "where videos are made and kept across runs"),
                  "--out-dir": ("results/samples/{experiment}", "receives links to the current set")}),
     Stage("evaluate", "experiment", "longvid.evaluate.evaluation:evaluate_stage",
           "score samples: flicker, motion, warping, prompted colour/direction, val loss; FVD/CLIP/VBench if set",
-          files={"--model": ("results/train/{experiment}/final", "exported model"),
-                 "--samples": ("results/samples/{experiment}", "samples with index.json"),
-                 "--dataset-dir": (DATASET, "the held-out clips' dataset (val.jsonl)"),
-                 "--out": ("results/eval/{experiment}/metrics.json", "output metrics")}),
+          files={"--model": MODEL, "--samples": SAMPLES, "--out": (METRICS, "output metrics"),
+                 "--dataset-dir": (DATASET, "the held-out clips' dataset (val.jsonl)")}),
     Stage("report", "experiment", "longvid.report.html:write_report",
           "one self-contained HTML page: dataset, training curve, provenance, metrics, sample videos",
-          files={"--samples": ("results/samples/{experiment}", "index.json and the videos"),
-                 "--model": ("results/train/{experiment}/final", "exported model: step, provenance, curve"),
+          files={"--samples": SAMPLES, "--model": MODEL, "--metrics": (METRICS, "from evaluate"),
                  "--dataset-dir": (DATASET, "stats.json and stats/*.png"),
-                 "--metrics": ("results/eval/{experiment}/metrics.json", "from evaluate"),
                  "--out": ("results/report/{experiment}.html", "the page")}),
 ]
 BY_NAME = {s.name: s for s in STAGES}
