@@ -42,7 +42,7 @@ def test_build_rerun_nothing_then_only_downstream_of_a_changed_threshold(repo_co
         assert row["text"] == synthetic.caption_of(shot)
     stats = json.loads((ds / "stats.json").read_text())
     assert stats["clips"]["train"] == len(train)
-    assert {p.name for p in (ds / "stats").glob("*.png")} == {"duration.png", "num_frames.png", "caption_length.png",
+    assert {p.name for p in (ds / "stats").glob("*.png")} == {"duration.png", "num_frames.png", "caption_tokens.png",
                                                          "resolution.png"}
 
     assert job_counts(snakemake(repo_copy, "-n", *DATA, "--configfile", TINY).stdout) == {}

@@ -50,6 +50,10 @@ def tree(tmp_path) -> dict[str, Path]:
     (dataset / "stats.json").write_text(json.dumps({
         "clips": {"scanned": 5, "train": 3, "val": 1, "rejected": 1, "uncaptioned": 0}, "hours": 0.002,
         "duration": dist, "num_frames": dist, "caption_words": dist,
+        "caption_t5_tokens": {"count": 4, "min": 150.0, "mean": 212.5, "p50": 210.0, "p90": 288.0, "max": 300.0,
+                              "total": 850.0},
+        "caption_tokens": {"limit": 226, "t5_exact": False, "over": 1, "captions": 4, "share_over": 0.25},
+        "caption_status": {"ok": 3, "truncated": 1, "error": 1},
         "reject_reasons": {"too_short": 1}, "resolutions": {"32x32": 4}}))
     write_png(dataset / "stats" / "duration.png")
     log = [{"step": s, "time": 1000.0 + s, "loss": 1.0 / s, "lr": 1e-3, "samples_per_s": 5.0,
@@ -119,6 +123,40 @@ def test_page_is_self_contained_and_escaped(tree):
     assert "abc1234" in page and "checkpoint step 30" in page
     assert "not available" not in page
     assert not list(tree["out"].parent.glob(".*tmp*"))  # written atomically: no temporary left behind
+
+
+def dataset_part(page: str) -> str:
+    """The page from the dataset statistics to the plots (the dataset section's tables)."""
+    return page[page.index("clips scanned"):page.index('<div class="plots">')]
+
+
+def test_dataset_section_shows_the_caption_gates(tree):
+    write_png(tree["dataset"] / "stats" / "caption_tokens.png")  # as the dataset stage writes it
+    page = report(tree)
+    part = dataset_part(page)
+    assert "<td>caption T5 tokens</td><td>4</td><td>150</td><td>212.5</td><td>210</td><td>288</td><td>300</td>" \
+        in part
+    assert "1 of 4 captions (25 %) over the 226-token limit (estimated)" in part
+    assert "<th>caption status</th><td>ok: 3, truncated: 1, error: 1</td>" in part
+    assert 'alt="caption_tokens"' in page and page.count('src="data:image/png;base64,') == 3  # + training chart
+
+    stats = json.loads((tree["dataset"] / "stats.json").read_text())
+    stats["caption_tokens"] = {"limit": 77, "t5_exact": True, "over": 0, "captions": 4, "share_over": 0.0}
+    stats["caption_status"] = {}  # passthrough rows carry no status
+    (tree["dataset"] / "stats.json").write_text(json.dumps(stats))
+    part = dataset_part(report(tree))
+    assert "0 of 4 captions (0 %) over the 77-token limit (exact)" in part
+    assert "caption status" not in part
+
+
+def test_dataset_stats_from_before_the_caption_gates(tree):
+    stats = json.loads((tree["dataset"] / "stats.json").read_text())
+    for key in ("caption_t5_tokens", "caption_tokens", "caption_status"):
+        del stats[key]
+    (tree["dataset"] / "stats.json").write_text(json.dumps(stats))
+    part = dataset_part(report(tree))
+    assert "<td>caption words</td>" in part
+    assert "T5" not in part and "caption status" not in part
 
 
 def test_training_log_keeps_the_last_line_per_step(tree):

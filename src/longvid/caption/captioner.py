@@ -7,7 +7,8 @@
   reason (`text` ""): retries spent, a deterministic 4xx/500, an empty or unparseable answer.
   (401/403/404 say the job's key, model or URL is wrong: marked transient, so a fixed rerun retries.)
 * Transient failures (connection, timeout, 429, 5xx, malformed answers) are retried up to
-  caption.attempts times with full-jitter backoff (a Retry-After wins). A refused connection while
+  caption.attempts times with full-jitter backoff (a Retry-After wins); the clip holds no request slot
+  while it backs off, and its retry takes the next free slot before first tries. A refused connection while
   another endpoint is up is not charged to the clip: it fails over at once (the endpoint is taken
   out by the pool). A "too many visual tokens" 400 retries ONCE with half the frames and pixels
   (caption.shrink_on_400). `transient` in the record says a rerun may do better: the cache does not
@@ -99,7 +100,7 @@ async def caption_clip(pool: Pool, cfg: dict, row: dict, frames: Frames, reframe
         attempts += 1
         try:
             ans = await pool.complete(lambda model: payload.build_body(cfg, model, frames, temperature, seed),
-                                      cfg["timeout"])
+                                      cfg["timeout"], urgent=attempts > 1)  # a retry goes first
         except NoEndpoint:
             raise
         except RequestError as e:

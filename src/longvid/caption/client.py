@@ -1,13 +1,16 @@
 """An asynchronous client for OpenAI-compatible chat-completions endpoints (aiohttp), one request at a time.
 
 * `Pool`: several endpoints, each with at most `concurrency` requests in flight; a request goes to
-  the endpoint with the fewest outstanding. An endpoint failing `fail_limit` times in a row
-  (connection error, timeout, 5xx, malformed answer) is taken out and probed in the background on
+  the endpoint with the fewest outstanding. More requests may wait for a slot than there are slots
+  (the caller runs more clips than slots, so a clip backing off idles none); a retry (`urgent`)
+  takes the next free slot before first tries, so a retried clip does not queue again. An endpoint failing `fail_limit` times in a row
+  (connection error, timeout, 503) is taken out and probed in the background on
   its health route (`/health` at the server root, the base URL without /v1; a server without that
   route: GET /v1/models) until it answers 200. With every endpoint out for `down_timeout` seconds a
   request raises `NoEndpoint` (the job fails: nothing to caption with), never waits forever.
-* Failures raise `RequestError` (longvid.caption.errors): connection errors, timeouts and malformed
-  answers as retryable endpoint faults, HTTP errors as `classify` says.
+* Failures raise `RequestError` (longvid.caption.errors): connection errors and timeouts as retryable
+  endpoint faults, malformed answers as retryable, HTTP errors as `classify` says. An answer that is no
+  endpoint fault (200, 4xx, a plain 500: the server is up) ends the endpoint's run of failures.
 * The API key comes from the environment variable the config names and is sent as a bearer token;
   it never appears in a message, a log line or a file (`scrub` removes it from server text too).
   Every error message is one line.
@@ -77,6 +80,7 @@ class Pool:
         self._cond: asyncio.Condition | None = None
         self._session: aiohttp.ClientSession | None = None
         self._turn = 0
+        self._urgent = 0  # urgent requests waiting for a slot
         self._down_since: float | None = None
         self._model_lock: asyncio.Lock | None = None
 
@@ -103,31 +107,41 @@ class Pool:
         return any(e.up for e in self.endpoints)
 
     # -- routing
-    async def acquire(self) -> Endpoint:
-        """The up endpoint with the fewest outstanding requests, once one has room."""
+    async def acquire(self, urgent: bool = False) -> Endpoint:
+        """The up endpoint with the fewest outstanding requests, once one has room (`urgent` first)."""
         async with self._cond:
-            while True:
-                free = [e for e in self.endpoints if e.free]
-                if free:
-                    self._down_since = None
-                    self._turn += 1  # ties rotate, so equal endpoints share the load
-                    n = len(self.endpoints)
-                    ep = min(free, key=lambda e: (e.outstanding, (self.endpoints.index(e) - self._turn) % n))
-                    ep.outstanding += 1
-                    ep.sent += 1
-                    return ep
-                if not self.any_up:
-                    now = time.monotonic()
-                    self._down_since = self._down_since or now
-                    if now - self._down_since > self.down_timeout:
-                        raise NoEndpoint(f"every endpoint has been down for {self.down_timeout:g} s "
-                                         f"({', '.join(e.base for e in self.endpoints)})")
-                else:
-                    self._down_since = None
-                try:
-                    await asyncio.wait_for(self._cond.wait(), timeout=0.5)
-                except TimeoutError:
-                    pass
+            self._urgent += urgent
+            try:
+                return await self._acquire(urgent)
+            finally:
+                self._urgent -= urgent
+                if urgent:  # first tries skipped free slots while it waited
+                    self._cond.notify_all()
+
+    async def _acquire(self, urgent: bool) -> Endpoint:
+        """acquire's loop, the lock held: first tries wait while an urgent request waits."""
+        while True:
+            free = [e for e in self.endpoints if e.free] if urgent or not self._urgent else []
+            if free:
+                self._down_since = None
+                self._turn += 1  # ties rotate, so equal endpoints share the load
+                n = len(self.endpoints)
+                ep = min(free, key=lambda e: (e.outstanding, (self.endpoints.index(e) - self._turn) % n))
+                ep.outstanding += 1
+                ep.sent += 1
+                return ep
+            if not self.any_up:
+                now = time.monotonic()
+                self._down_since = self._down_since or now
+                if now - self._down_since > self.down_timeout:
+                    raise NoEndpoint(f"every endpoint has been down for {self.down_timeout:g} s "
+                                     f"({', '.join(e.base for e in self.endpoints)})")
+            else:
+                self._down_since = None
+            try:
+                await asyncio.wait_for(self._cond.wait(), timeout=0.5)
+            except TimeoutError:
+                pass
 
     async def release(self, ep: Endpoint, fault: bool | None) -> None:
         """Give the slot back; fault True/False updates the endpoint's failures in a row, None leaves them."""
@@ -206,12 +220,13 @@ class Pool:
                 raise ValueError
         except ValueError:
             raise RequestError(f"malformed answer from {url} (not a JSON object): {self.scrub(text[:80])}",
-                               True, endpoint_fault=True) from None
+                               True) from None
         return obj
 
-    async def complete(self, make_body, timeout: float) -> Answer:
-        """One chat completion: `make_body(model)` is the request body; RequestError on failure."""
-        ep = await self.acquire()
+    async def complete(self, make_body, timeout: float, urgent: bool = False) -> Answer:
+        """One chat completion: `make_body(model)` is the request body; RequestError on failure.
+        `urgent` (a retry): the next free slot is its before first tries'."""
+        ep = await self.acquire(urgent)
         fault = None
         try:
             model = await self.model_for(ep, timeout)
@@ -222,15 +237,14 @@ class Pool:
                 content = choice["message"].get("content")
                 finish = choice.get("finish_reason")
             except (KeyError, IndexError, TypeError, AttributeError):
-                raise RequestError(f"malformed answer from {ep.base}: no choices[0].message", True,
-                                   endpoint_fault=True) from None
+                raise RequestError(f"malformed answer from {ep.base}: no choices[0].message", True) from None
             fault = False
             usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else {}
             return Answer(content if isinstance(content, str) else None, finish, usage, model, ep.base,
                           time.monotonic() - t0)
         except RequestError as e:
             e.endpoint = ep.base
-            fault = True if e.endpoint_fault else (False if e.status and e.status < 500 else None)
+            fault = True if e.endpoint_fault else (False if e.status else None)
             raise
         finally:
             await release_shielded(self, ep, fault)

@@ -1,7 +1,9 @@
 """Failed requests, classified: what is retried, what shrinks the input, how long to wait.
 
 * `classify`: the `RequestError` of a non-200 answer. Retried: 408/409/425/429 and 5xx (connection
-  errors and timeouts are raised retryable by the client). Not retried: other 4xx and the known
+  errors and timeouts are raised retryable by the client). Of the answers only a 503 (unavailable:
+  warming up, overloaded) counts against the endpoint (`endpoint_fault`); a server answering a plain
+  500/502/504 is up, and taking it out would idle it. Not retried: other 4xx and the known
   deterministic 500s (Qwen3-VL's "timestamps length ... should be equal video length", "Expected
   reading N frames"). A 400/413 for too many visual tokens (vLLM's "exceeds the pre-allocated encoder
   cache size", a prompt over the model length) sets `shrink`: the caller may retry once with fewer
@@ -80,7 +82,7 @@ def classify(status: int, text: str, headers=None) -> RequestError:
     if status >= 500:
         if status == 500 and DETERMINISTIC_500.search(text):
             return RequestError(msg, False, status=status)
-        return RequestError(msg, True, status=status, endpoint_fault=True, retry_after=after)
+        return RequestError(msg, True, status=status, endpoint_fault=status == 503, retry_after=after)
     return RequestError(msg, False, status=status)
 
 

@@ -5,8 +5,10 @@
 1. Reads the filtered shard table. Kept clips whose caption is in the per-shard cache (same
    settings, same clip file: longvid.caption.cache) are done; the rest are captioned.
 2. Frames are decoded AHEAD of the requests: a few threads decode and JPEG-encode clips
-   (longvid.caption.frames) into a bounded asyncio queue that the request workers (concurrency per
-   endpoint x endpoints) drain, so endpoints never wait for decoding and memory stays bounded.
+   (longvid.caption.frames) into a bounded asyncio queue that the clip workers drain, so endpoints
+   never wait for decoding and memory stays bounded. There are twice as many clip workers as request
+   slots (concurrency per endpoint x endpoints): the pool's per-endpoint limit is the real one, and a
+   clip sleeping through its retry backoff holds no slot, another clip's request takes it.
 3. Each finished clip (longvid.caption.captioner: retries, quality gates, a status) is appended to
    the cache and fsynced as it arrives: a killed job, a preempted node or a rerun captions only
    what is missing, no duplicates, no loss.
@@ -86,8 +88,9 @@ async def caption_all(ccfg: dict, todo: list[dict], cc: ccache.CaptionCache, fps
                       ) -> list[dict]:
     """Caption `todo` through `endpoints`, each record into `cc` as it arrives; the records."""
     loop = asyncio.get_running_loop()
-    workers = ccfg["concurrency"] * len(endpoints)
-    queue: asyncio.Queue = asyncio.Queue(maxsize=max(2, workers))
+    slots = ccfg["concurrency"] * len(endpoints)
+    workers = 2 * slots  # clips backing off wait outside the pool's slots (see the module doc)
+    queue: asyncio.Queue = asyncio.Queue(maxsize=max(2, slots))
     rows = iter(todo)
     results: list[dict] = []
     progress = Progress(name, len(todo))

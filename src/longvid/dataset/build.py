@@ -103,8 +103,10 @@ def empty_dataset_reason(clips: list[dict]) -> str:
     return f"0 of {len(clips)} clips kept: " + "; ".join(text for _, text in parts)
 
 
-def build_dataset(shards: list[Path], out: Path, cfg: dict) -> dict:
-    """Gather the captioned shard tables into `out` with the `dataset` section `cfg`; return the stats."""
+def build_dataset(shards: list[Path], out: Path, cfg: dict,
+                  max_text_tokens: int = dataset_stats.DEFAULT_MAX_TEXT_TOKENS) -> dict:
+    """Gather the captioned shard tables into `out` with the `dataset` section `cfg`; return the stats
+    (captions over `max_text_tokens` T5 tokens, the text encoder's limit, are counted)."""
     clips = [c for shard in shards for c in read_jsonl(shard)]
     usable = sorted((c for c in clips if c.get("keep") and c.get("text")), key=lambda c: c["id"])
     if not usable:  # an empty dataset would only fail later, in encode or train, far from the cause
@@ -119,8 +121,8 @@ def build_dataset(shards: list[Path], out: Path, cfg: dict) -> dict:
         parts["val"].append(parts["train"].pop())  # a tiny dataset still gets a validation clip
     write_jsonl(out / "train.jsonl", parts["train"])
     write_jsonl(out / "val.jsonl", parts["val"])
-    summary = dataset_stats.compute(parts["train"], parts["val"], clips)
-    dataset_stats.plot(rows, out / "stats")
+    summary = dataset_stats.compute(parts["train"], parts["val"], clips, max_text_tokens)
+    dataset_stats.plot(rows, out / "stats", max_text_tokens, clips)
     dataset_stats.write(summary, out / "stats.json")
     return summary
 
@@ -135,7 +137,7 @@ def build_from_shards(cfg: dict, shards_json: Path, out_dir: Path, name: str) ->
         raise InputError(f"{shards_json}: unreadable shard list ({type(e).__name__}: {e}); run the shard stage "
                          "first") from None
     tables = [Path(shards_json).parent / s / "captioned.jsonl" for s in shards]
-    summary = build_dataset(tables, Path(out_dir), cfg["dataset"])
+    summary = build_dataset(tables, Path(out_dir), cfg["dataset"], dataset_stats.text_token_limit(cfg))
     log.info("dataset %s: %d train, %d val clips (%.2f h); %d clips rejected", out_dir, summary["clips"]["train"],
              summary["clips"]["val"], summary["hours"], summary["clips"]["rejected"])
     return 0

@@ -14,7 +14,8 @@ from longvid.report.preview import embeddable
 
 VIDEO_TYPES = {".mp4": "video/mp4", ".webm": "video/webm"}
 # (stats.json key, row label) of the per-clip distributions the dataset builder records.
-DISTRIBUTIONS = (("duration", "duration (s)"), ("num_frames", "frames"), ("caption_words", "caption words"))
+DISTRIBUTIONS = (("duration", "duration (s)"), ("num_frames", "frames"), ("caption_words", "caption words"),
+                 ("caption_t5_tokens", "caption T5 tokens"))
 DISTRIBUTION_COLUMNS = ("count", "min", "mean", "p50", "p90", "max")
 # Numbers in an evaluated sample that identify it rather than score it.
 NOT_METRICS = ("seed", "prompt_index", "sample_index")
@@ -76,7 +77,8 @@ def dataset_section(inputs: ReportInputs) -> str:
             ("validation clips", clips.get("val")), ("rejected", clips.get("rejected")),
             ("uncaptioned", clips.get("uncaptioned")), ("hours", stats.get("hours")),
             ("resolutions", counts(stats.get("resolutions"))),
-            ("reject reasons", counts(stats.get("reject_reasons")))]))
+            ("reject reasons", counts(stats.get("reject_reasons"))),
+            *caption_lines(stats)]))
         rows = [[label, *(stats[key].get(c) for c in DISTRIBUTION_COLUMNS)]
                 for key, label in DISTRIBUTIONS if isinstance(stats.get(key), dict)]
         if rows:
@@ -87,6 +89,22 @@ def dataset_section(inputs: ReportInputs) -> str:
     else:
         parts.append(note(f"Dataset plots not available ({where(inputs.dataset_dir, 'stats/*.png')})."))
     return "".join(parts)
+
+
+def caption_lines(stats: dict) -> list[tuple[str, str]]:
+    """The caption gates of the dataset stats (stats.json from before them has none: no lines)."""
+    lines = []
+    tokens = stats.get("caption_tokens")
+    if isinstance(tokens, dict) and finite(tokens.get("captions")) and finite(tokens.get("over")):
+        over, total = tokens["over"], tokens["captions"]
+        share = tokens.get("share_over") if finite(tokens.get("share_over")) else (over / total if total else 0.0)
+        how = "exact" if tokens.get("t5_exact") else "estimated"
+        lines.append(("captions over the T5 limit", f"{fmt(over)} of {fmt(total)} captions ({share * 100:.3g} %) "
+                                                    f"over the {fmt(tokens.get('limit'))}-token limit ({how})"))
+    status = stats.get("caption_status")
+    if isinstance(status, dict) and status:
+        lines.append(("caption status", ", ".join(f"{k}: {v}" for k, v in status.items())))
+    return lines
 
 
 def where(directory: Path | None, name: str) -> str:
