@@ -215,13 +215,14 @@ def check_model(cfg: dict, where: str) -> None:
 # Bump a stage's number when what it writes changes meaning (a fixed algorithm, a new column): the
 # workflow then reruns that stage, and through its outputs everything downstream, and nothing else.
 # probe 2, split 2: rotated videos measured and cut at their displayed size. encode 2, train 2: PyAV
-# and decord decode to RGB at source size, then share one resize-and-crop.
-STAGE_VERSIONS = {"fetch": 1, "shard": 1, "probe": 2, "split": 2, "filter": 1, "caption": 1, "dataset": 1,
+# and decord decode to RGB at source size, then share one resize-and-crop. dataset 2: caption token
+# stats and the caption_tokens plot.
+STAGE_VERSIONS = {"fetch": 1, "shard": 1, "probe": 2, "split": 2, "filter": 1, "caption": 1, "dataset": 2,
                   "encode": 2, "train": 2, "sample": 1, "evaluate": 1, "report": 1}
 
 # Data stages: the dataset config sections each one reads (shard reads the top-level shard_size).
 DATASET_STAGES = {"fetch": ("source",), "shard": (), "probe": (), "split": ("split",), "filter": ("filter",),
-                  "caption": ("caption",), "dataset": ("dataset",)}
+                  "caption": ("caption",), "dataset": ("dataset", "caption")}  # caption: the text encoder's limit
 
 # Model stages: what of the experiment each reads. Later stages read everything earlier ones do.
 EXPERIMENT_STAGES = {

@@ -6,9 +6,10 @@
    settings, same clip file: longvid.caption.cache) are done; the rest are captioned.
 2. Frames are decoded AHEAD of the requests: a few threads decode and JPEG-encode clips
    (longvid.caption.frames) into a bounded asyncio queue that the clip workers drain, so endpoints
-   never wait for decoding and memory stays bounded. There are twice as many clip workers as request
-   slots (concurrency per endpoint x endpoints): the pool's per-endpoint limit is the real one, and a
-   clip sleeping through its retry backoff holds no slot, another clip's request takes it.
+   never wait for decoding and memory stays bounded. There are `WORKERS_PER_SLOT` times as many clip
+   workers as request slots (concurrency per endpoint x endpoints): the pool's per-endpoint limit is
+   the real one, and a clip sleeping through its retry backoff holds no slot, another clip's request
+   takes it (with 30 % transient 500s about as many clips back off at once as are in flight).
 3. Each finished clip (longvid.caption.captioner: retries, quality gates, a status) is appended to
    the cache and fsynced as it arrives: a killed job, a preempted node or a rerun captions only
    what is missing, no duplicates, no loss.
@@ -46,6 +47,7 @@ from longvid.io import InputError, one_line, read_jsonl, write_jsonl
 log = logging.getLogger(__name__)
 
 DECODE_THREADS = max(1, min(4, (os.cpu_count() or 1)))
+WORKERS_PER_SLOT = 3  # clip workers per request slot: in flight, backing off, waiting with their frames
 OUTPUT_KEYS = {"caps": "caps", "text": "text", "caption_status": "status", "caption_error": "error",
                "caption_note": "note", "caption_model": "model", "caption_prompt": "prompt",
                "caption_frames": "frames", "caption_attempts": "attempts", "caption_tokens": "tokens",
@@ -89,7 +91,7 @@ async def caption_all(ccfg: dict, todo: list[dict], cc: ccache.CaptionCache, fps
     """Caption `todo` through `endpoints`, each record into `cc` as it arrives; the records."""
     loop = asyncio.get_running_loop()
     slots = ccfg["concurrency"] * len(endpoints)
-    workers = 2 * slots  # clips backing off wait outside the pool's slots (see the module doc)
+    workers = WORKERS_PER_SLOT * slots  # clips backing off wait outside the pool's slots (module doc)
     queue: asyncio.Queue = asyncio.Queue(maxsize=max(2, slots))
     rows = iter(todo)
     results: list[dict] = []
