@@ -146,7 +146,7 @@ def test_a_signalled_job_leaves_no_server(tmp_path, clips, sig):
             time.sleep(0.02)
         assert cache.exists() and cache.read_text(), "nothing was captioned"
         proc.send_signal(sig)
-        err = proc.communicate(timeout=30)[1] or ""
+        err = proc.communicate(timeout=120)[1] or ""
     finally:
         if proc.poll() is None:
             proc.kill()
