@@ -157,9 +157,10 @@ def main() -> None:
               f"{args.latency:g} s = capacity {capacity:.1f} clips/s; all captions checked against the shots")
         for kind, servers in kinds:
             if args.clips % (args.slots * len(servers)):
-                rounds = -(-args.clips // (args.slots * len(servers)))
-                print(f"note: {kind}: {args.clips} clips need {rounds} rounds of {args.slots * len(servers)} slots: "
-                      f"ratio at most {args.clips / (rounds * args.slots * len(servers)):.3f}")
+                slots = args.slots * len(servers)
+                rounds = -(-args.clips // slots)
+                print(f"note: {kind}: {args.clips} clips need {rounds} rounds of {slots} slots: "
+                      f"ratio at most {args.clips / (rounds * slots):.3f}")
         print(f"{'case':44s} {'clips/s':>8s} {'capacity':>8s} {'ratio':>6s} {'retries':>7s} {'500s':>5s} "
               f"{'tok/s':>7s} {'busy':>5s}  max running  warnings")
         for k, (name, servers, conc, cap) in enumerate(cases):
@@ -169,8 +170,8 @@ def main() -> None:
                   f"{r['stats']['error_500']:5d} {r['completion'] / r['wall']:7.0f} {r['busy']:5.2f}  "
                   f"{str(r['max_running']):11s}  "
                   f"{json.dumps(r['warnings']) if r['warnings'] else '-'}")
-    print("ratio: clips/s over the endpoints' capacity (slots/latency each), the goal is >= 0.95 without faults "
-          "at the default concurrency; retries: requests beyond one per clip; 500s: injected by the server; "
+    print("ratio: clips/s over the endpoints' capacity (slots/latency each), the goal is >= 0.95 without "
+          "faults at the default concurrency; retries: requests beyond one per clip; 500s: injected by the server; "
           "tok/s: output (completion) tokens per second; busy: the share of slot-time in use from the first "
           "request to the last answer")
 

@@ -4,11 +4,12 @@
   (warming up) or a refused connection still counts against it.
 * A clip backing off holds no request slot: other clips' requests are served meanwhile, and the
   pool's per-endpoint limit still holds with more clip workers than slots.
-* A retry takes the next free slot before first tries.
+* A retry takes the next free slot before first tries; cancelled waiters end.
 """
 
 import asyncio
 import logging
+import random
 
 import pytest
 from clipkit import render_clips, stage_cfg, write_table
@@ -111,3 +112,28 @@ def test_a_retry_goes_before_first_tries():
             return order
 
     assert asyncio.run(go()) == ["retry", "first try"]
+
+
+def test_cancelled_waiters_end():
+    """Many clips waiting for slots, all cancelled (a signal, NoEndpoint): every one ends (none keeps
+    waiting because a cancel got lost, which hung the job), and no slot stays taken."""
+    async def go():
+        rng = random.Random(0)
+        async with Pool(["http://127.0.0.1:9/v1"], 2, None, "m") as pool:
+            async def clip():
+                while True:
+                    ep = await pool.acquire(rng.random() < 0.3)
+                    try:
+                        await asyncio.sleep(rng.random() * 0.002)
+                    finally:
+                        await asyncio.shield(pool.release(ep, None))
+
+            for _ in range(40):
+                tasks = [asyncio.create_task(clip()) for _ in range(12)]
+                await asyncio.sleep(rng.random() * 0.02)
+                for t in tasks:
+                    t.cancel()
+                _, pending = await asyncio.wait(tasks, timeout=5)
+                assert not pending and pool.endpoints[0].outstanding == 0
+
+    asyncio.run(go())

@@ -3,11 +3,12 @@
 * `Pool`: several endpoints, each with at most `concurrency` requests in flight; a request goes to
   the endpoint with the fewest outstanding. More requests may wait for a slot than there are slots
   (the caller runs more clips than slots, so a clip backing off idles none); a retry (`urgent`)
-  takes the next free slot before first tries, so a retried clip does not queue again. An endpoint failing `fail_limit` times in a row
-  (connection error, timeout, 503) is taken out and probed in the background on
-  its health route (`/health` at the server root, the base URL without /v1; a server without that
-  route: GET /v1/models) until it answers 200. With every endpoint out for `down_timeout` seconds a
-  request raises `NoEndpoint` (the job fails: nothing to caption with), never waits forever.
+  takes the next free slot before first tries, so a retried clip does not queue again. An endpoint
+  failing `fail_limit` times in a row (connection error, timeout, 503) is taken out and probed in
+  the background on its health route (`/health` at the server root, the base URL without /v1; a
+  server without that route: GET /v1/models) until it answers 200. With every endpoint out for
+  `down_timeout` seconds a request raises `NoEndpoint` (the job fails: nothing to caption with),
+  never waits forever.
 * Failures raise `RequestError` (longvid.caption.errors): connection errors and timeouts as retryable
   endpoint faults, malformed answers as retryable, HTTP errors as `classify` says. An answer that is no
   endpoint fault (200, 4xx, a plain 500: the server is up) ends the endpoint's run of failures.
@@ -138,8 +139,9 @@ class Pool:
                                      f"({', '.join(e.base for e in self.endpoints)})")
             else:
                 self._down_since = None
-            try:
-                await asyncio.wait_for(self._cond.wait(), timeout=0.5)
+            try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel (the task hangs)
+                async with asyncio.timeout(0.5):
+                    await self._cond.wait()
             except TimeoutError:
                 pass
 
@@ -225,7 +227,7 @@ class Pool:
 
     async def complete(self, make_body, timeout: float, urgent: bool = False) -> Answer:
         """One chat completion: `make_body(model)` is the request body; RequestError on failure.
-        `urgent` (a retry): the next free slot is its before first tries'."""
+        `urgent` (a retry): it gets the next free slot, before requests that are first tries."""
         ep = await self.acquire(urgent)
         fault = None
         try:
