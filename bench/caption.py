@@ -34,14 +34,16 @@ import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from longvid import config as lvconfig
 from longvid.caption.stage import caption_shard
 from longvid.io import read_jsonl, write_jsonl
-from longvid.shapes import BACKGROUNDS, COLORS, DIRECTIONS, SHAPES, caption_of, render_video
+from longvid.shapes import BACKGROUNDS, COLORS, DIRECTIONS, SHAPES
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "caption"))
+from clipkit import H, W, render_clips, stage_cfg  # noqa: E402  (the caption tests' clips and config)
 
 VLM_SERVER = Path(__file__).resolve().parents[1] / "tests" / "caption" / "vlm_server.py"  # the fake endpoint
 
-FPS, H, W, FRAMES = 8.0, 84, 112, 16  # 2 s clips: 4 frames sent at caption.fps 2
+FRAMES = 16  # 2 s clips at clipkit's 8 fps: 4 frames sent at caption.fps 2
 
 
 class Counting(logging.Handler):
@@ -57,24 +59,10 @@ class Counting(logging.Handler):
 
 def render(folder: Path, n: int) -> list[dict]:
     """`n` distinct one-shot clips (distinct content: the server's fault draws are per content)."""
-    folder.mkdir(parents=True)
     combos = itertools.cycle(itertools.product(SHAPES, COLORS, DIRECTIONS, BACKGROUNDS))
-    rows = []
-    for k, (shape, color, way, bg) in zip(range(n), itertools.islice(combos, 0, None, 5)):
-        shot = {"shape": shape, "color": color, "direction": way, "background": bg,
-                "start_frame": 0, "end_frame": FRAMES}
-        path = folder / f"c{k:04d}.mp4"
-        render_video(path, [shot], FPS, H, W)
-        rows.append({"id": f"c{k:04d}", "video_id": f"v{k:04d}", "path": str(path), "num_frames": FRAMES,
-                     "fps": FPS, "duration": FRAMES / FPS, "width": W, "height": H, "start": 0.0,
-                     "end": FRAMES / FPS, "error": "", "keep": True, "captions": [], "truth": caption_of(shot)})
-    return rows
-
-
-def stage_cfg(**caption) -> dict:
-    ds = lvconfig.validate({"source": {"type": "synthetic"}, "caption": {"backend": "openai", **caption}},
-                           "dataset.schema.yaml", "bench")
-    return lvconfig.stage_inputs("dataset", ds, "caption")
+    picked = [{"shape": s, "color": c, "direction": d, "background": b, "start_frame": 0, "end_frame": FRAMES}
+              for s, c, d, b in itertools.islice(combos, 0, 5 * n, 5)]
+    return render_clips(folder, n, FRAMES, picked)
 
 
 @contextmanager

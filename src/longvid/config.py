@@ -9,6 +9,7 @@ file and the key path. The Snakefile and `longvid config` both use this module.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -61,11 +62,17 @@ def _with_defaults(cls):
 Validator = _with_defaults(jsonschema.Draft202012Validator)
 
 
-def validate(obj: dict, schema_name: str, where: str, root: Path = ROOT) -> dict:
+@functools.lru_cache(maxsize=None)
+def _schema(name: str) -> dict:
+    """A schema, parsed once per process (the Snakefile validates every dataset, experiment and stage)."""
+    return yaml.safe_load((SCHEMAS / name).read_text())
+
+
+def validate(obj: dict, schema_name: str, where: str) -> dict:
     """Validate (and fill defaults into) a copy of `obj`; raise InputError naming the key (prefixed
     with `where` unless it is empty)."""
     import difflib  # only to suggest the key a typo meant
-    schema = yaml.safe_load((SCHEMAS / schema_name).read_text())
+    schema = _schema(schema_name)
     obj = copy.deepcopy(obj)
     errors = sorted(Validator(schema).iter_errors(obj), key=lambda e: list(e.absolute_path))
     if errors:
@@ -91,7 +98,7 @@ def validate(obj: dict, schema_name: str, where: str, root: Path = ROOT) -> dict
 
 def resolve(config: dict, root: Path = ROOT) -> dict:
     """The validated top-level config with every listed dataset resolved."""
-    config = validate(config, "config.schema.yaml", "config", root)
+    config = validate(config, "config.schema.yaml", "config")
     config["datasets"] = {name: dataset(name, over, root) for name, over in config["datasets"].items()}
     config["experiments"] = {name: experiment(name, over, root) for name, over in config["experiments"].items()}
     return config
@@ -103,7 +110,7 @@ def dataset(name: str, overrides: dict | None = None, root: Path = ROOT) -> dict
         raise InputError(f"datasets.{name}: no such dataset (expected {path.relative_to(root)})")
     merged = deep_merge(load_yaml(path), overrides or {})
     where = f"config/datasets/{name}.yaml"
-    cfg = validate(merged, "dataset.schema.yaml", where, root)
+    cfg = validate(merged, "dataset.schema.yaml", where)
     # no VAE is named here: the rule at the compression of every VAE in models/vae.py
     check_num_frames(cfg["filter"]["min_frames"], f"{where}: filter.min_frames")
     return cfg
@@ -131,7 +138,7 @@ def experiment(name: str, overrides: dict | None = None, root: Path = ROOT) -> d
     if not path.exists():
         raise InputError(f"experiments.{name}: no such experiment (expected {path.relative_to(root)})")
     where = f"config/experiments/{name}.yaml"
-    cfg = validate(deep_merge(load_yaml(path), overrides or {}), "experiment.schema.yaml", where, root)
+    cfg = validate(deep_merge(load_yaml(path), overrides or {}), "experiment.schema.yaml", where)
     check_num_frames(cfg["data"]["num_frames"], f"{where}: data.num_frames",
                      VAE_GEOMETRY[cfg["model"]["vae"]["type"]][0])
     if not (Path(root) / "config" / "datasets" / f"{cfg['dataset']}.yaml").exists():

@@ -21,11 +21,12 @@ def shots(n: int) -> list[dict]:
             for s, c, d, b in itertools.islice(combos, 0, n * 7, 7)]
 
 
-def render_clips(folder: Path, n: int, frames: int = 16) -> list[dict]:
-    """`n` clip rows (kept) of distinct one-shot clips, `frames` frames at 8 fps, 112x84."""
+def render_clips(folder: Path, n: int, frames: int = 16, shot_list: list[dict] | None = None) -> list[dict]:
+    """`n` clip rows (kept) of distinct one-shot clips (`shot_list`, else `shots(n)`), `frames` frames
+    at 8 fps, 112x84. bench/caption.py renders its clips with this too."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
-    for k, shot in enumerate(shots(n)):
+    for k, shot in enumerate(shot_list or shots(n)):
         shot = {**shot, "end_frame": frames}
         path = folder / f"v{k:03d}_000.mp4"
         render_video(path, [shot], FPS, H, W)
