@@ -113,7 +113,17 @@ def dataset(name: str, overrides: dict | None = None, root: Path = ROOT) -> dict
     cfg = validate(merged, "dataset.schema.yaml", where)
     # no VAE is named here: the rule at the compression of every VAE in models/vae.py
     check_num_frames(cfg["filter"]["min_frames"], f"{where}: filter.min_frames")
+    check_caption(cfg["caption"], where)
     return cfg
+
+
+def check_caption(ccfg: dict, where: str) -> None:
+    """What the caption schema cannot say: which keys need which backend (caught at dry-run time)."""
+    backend = ccfg["backend"]
+    if backend == "transformers" and not ccfg["transformers"]["path"]:
+        raise InputError(f"{where}: caption.transformers.path: backend transformers needs a model directory")
+    if ccfg["rewrite"] and backend != "openai":
+        raise InputError(f"{where}: caption.rewrite: the rewrite pass needs backend openai (it is {backend!r})")
 
 
 def source(section: dict) -> dict:

@@ -94,6 +94,15 @@ def describe(frames: list[np.ndarray]) -> tuple[str, str]:
     return short, f"{short}, {w}x{h} pixels"
 
 
+def shorten(text: str) -> str:
+    """The fake's text model: the caption after the last "Caption:" cut at its first comma (on the
+    shapes world the short caption of a dense one), else the text's first 8 words."""
+    head, sep, caption = text.rpartition("Caption:")
+    if not sep:
+        return " ".join(text.split()[:8])
+    return caption.strip().split(",")[0].strip()
+
+
 def jpeg(b64: str) -> np.ndarray:
     from PIL import Image
 
@@ -140,9 +149,14 @@ def parse(req: dict, server) -> dict:
     if len(users) != 1 or any(m.get("role") not in ("system", "user", "assistant") for m in msgs):
         raise bad("messages: exactly one user message (and optional system messages) expected")
     content = users[0].get("content")
+    texts = [m["content"] for m in msgs if m.get("role") == "system" and isinstance(m.get("content"), str)]
+    if isinstance(content, str) or (isinstance(content, list) and content and all(
+            isinstance(p, dict) and p.get("type") == "text" for p in content)):  # a text-only request
+        text = "\n".join(texts + ([content] if isinstance(content, str) else [p.get("text", "") for p in content]))
+        return {"mode": "text", "frames": [], "text": text, "meta": {}, "visual": 0,
+                "key": hashlib.sha256(text.encode()).hexdigest()[:16]}
     if not isinstance(content, list):
         raise bad("user content: a list of parts with one video or images is required")
-    texts = [m["content"] for m in msgs if m.get("role") == "system" and isinstance(m.get("content"), str)]
     videos, images = [], []
     for p in content:
         kind = p.get("type") if isinstance(p, dict) else None

@@ -5,6 +5,8 @@ bodies, decodes the frames it is sent (JPEG frames as `data:video/jpeg`, `image_
 `data:video/mp4` / `file://` clip) and answers with a caption computed from the pixels: on the shapes
 world (longvid.shapes) exactly `caption_of(shot)`, e.g. "a red circle moves left on a black
 background", else "a video of N frames, mostly <colour> (r,g,b)". One word counts as one token.
+A text-only request (the rewrite pass) is answered by a "text model" that shortens the caption it
+is given (vlm_media.shorten).
 
 Routes: GET /v1/models, /health (503 during warmup, as SGLang), /metrics (vLLM gauge names), /stats
 (the counters as JSON), POST /v1/chat/completions. In-process: `with VLMServer(delay=0.1) as s:
@@ -43,7 +45,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Self
 
-from vlm_media import Reject, bad, describe, parse
+from vlm_media import Reject, bad, describe, parse, shorten
 
 MODEL = "fake-vlm"
 BOILERPLATE = "The video shows "
@@ -214,7 +216,7 @@ class VLMServer:
 
     def answer(self, req: dict, p: dict) -> tuple[str, str, str, int]:
         """(content, finish_reason, outcome, completion_tokens) for a valid request, faults applied."""
-        short, dense = describe(p["frames"])
+        short, dense = (shorten(p["text"]),) * 2 if p["mode"] == "text" else describe(p["frames"])
         temp = 1.0 if req.get("temperature") is None else req["temperature"]
         max_tokens = req.get("max_completion_tokens") or req.get("max_tokens")
         draw = lambda fault: self.draw(fault, p["key"], p["attempt"])  # noqa: E731
@@ -384,7 +386,7 @@ class Handler(BaseHTTPRequestHandler):
             p["attempt"] = vlm.attempts[p["key"]]
             vlm.attempts[p["key"]] += 1
         frames, meta = p["frames"], p["meta"]
-        entry.update(mode=p["mode"], frames=len(frames), size=list(frames[0].shape[:2]), key=p["key"],
+        entry.update(mode=p["mode"], frames=len(frames), size=list(frames[0].shape[:2]) if frames else None, key=p["key"],
                      attempt=p["attempt"], seed=req.get("seed"), temperature=req.get("temperature"),
                      max_tokens=req.get("max_tokens"), meta=meta, prompt=p["text"][:200])
         if vlm.max_visual_frames is not None and len(frames) > vlm.max_visual_frames:

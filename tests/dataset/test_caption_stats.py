@@ -11,7 +11,7 @@ import pytest
 from longvid import config
 from longvid.caption import quality
 from longvid.caption.captioner import record
-from longvid.caption.openai_backend import captioned_row
+from longvid.caption.shard import captioned_row
 from longvid.dataset import stats
 from longvid.dataset.build import build_dataset, build_from_shards
 from longvid.io import write_jsonl

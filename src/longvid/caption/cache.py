@@ -35,9 +35,15 @@ TEXT_KEYS = ("model", "prompt", "mode", "fps", "min_frames", "max_frames", "max_
 
 
 def settings_fingerprint(cfg: dict, version: int | str = "") -> str:
-    """Digest of the caption section's TEXT_KEYS (+ the server's model) and the stage version."""
+    """Digest of the caption section's TEXT_KEYS (+ the server's model, a local model's path and
+    dtype, a rewrite pass) and the stage version."""
     picked = {k: cfg.get(k) for k in TEXT_KEYS}
     picked["server_model"] = (cfg.get("server") or {}).get("model")
+    if cfg.get("backend") == "transformers":  # openai caches of earlier versions keep their digests
+        local = cfg.get("transformers") or {}
+        picked["local"] = [local.get("path"), local.get("dtype")]
+    if cfg.get("rewrite"):
+        picked["rewrite"] = cfg["rewrite"]
     return hashlib.sha256(json.dumps([picked, version], sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -44,6 +44,7 @@ class Frames:
     shrunk: int = 0  # how many times halved after a "too many visual tokens" 400
     first: int = 0  # the clip's first frame in the file (non-zero only for a clip of a whole video)
     b64: list[str] = field(default_factory=list)  # base64 of jpegs (or of video), made in the decode thread
+    rgb: np.ndarray | None = None  # (n, h, w, 3) uint8, for a local model (prepare(..., encode=False))
 
     def describe(self) -> dict:
         """The record stored with the caption (caption_frames)."""
@@ -104,9 +105,10 @@ def jpeg(rgb: np.ndarray, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def prepare(row: dict, cfg: dict, shrink: int = 0) -> Frames:
+def prepare(row: dict, cfg: dict, shrink: int = 0, encode: bool = True) -> Frames:
     """The frames of clip `row` (a clip table row: path, num_frames, fps, duration, width, height)
-    for the `caption` section `cfg`. ValueError when the file cannot be decoded."""
+    for the `caption` section `cfg`: JPEG-encoded, or with `encode` False as RGB arrays (`rgb`, for
+    a model in this process). ValueError when the file cannot be decoded."""
     first, last = clip_span(row)
     fps = float(row.get("fps") or 0)
     if last <= first or fps <= 0:
@@ -115,12 +117,15 @@ def prepare(row: dict, cfg: dict, shrink: int = 0) -> Frames:
     indices = frame_indices(first, last, frame_count(duration, cfg, shrink))
     max_pixels = max(PATCH * PATCH, cfg["max_pixels"] >> shrink)
     width, height = frame_size(int(row["width"]), int(row["height"]), max_pixels)
-    if cfg["mode"] == "video_file":  # the server samples: no indices, the file as it is
+    if cfg["mode"] == "video_file" and encode:  # the server samples: no indices, the file as it is
         data = Path(row["path"]).read_bytes()
         return Frames([], int(row["width"]), int(row["height"]), fps, last - first, duration, video=data,
                       first=first, b64=[base64.b64encode(data).decode("ascii")])
     frames = Frames(indices, width, height, fps, last - first, duration, shrunk=shrink, first=first)
     rgb = decode_frames(row["path"], np.array(indices), fps, height, width)
+    if not encode:
+        frames.rgb = np.asarray(rgb, dtype=np.uint8)
+        return frames
     frames.jpegs = [jpeg(f, cfg["jpeg_quality"]) for f in rgb]
     frames.b64 = [base64.b64encode(j).decode("ascii") for j in frames.jpegs]  # off the event loop
     return frames

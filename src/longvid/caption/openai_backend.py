@@ -1,30 +1,21 @@
 """The `openai` caption backend: the kept clips of a shard captioned by a VLM behind chat-completions.
 
-`caption_shard(cfg, clips, out, name, cache=None)`:
+`caption_shard(cfg, clips, out, name, cache=None)` runs longvid.caption.shard (cache, resume, the
+output table) with this captioning:
 
-1. Reads the filtered shard table. Kept clips whose caption is in the per-shard cache (same
-   settings, same clip file: longvid.caption.cache) are done; the rest are captioned.
-2. Frames are decoded AHEAD of the requests: a few threads decode and JPEG-encode clips
+1. Frames are decoded AHEAD of the requests: a few threads decode and JPEG-encode clips
    (longvid.caption.frames) into a bounded asyncio queue that the clip workers drain, so endpoints
    never wait for decoding and memory stays bounded. There are `WORKERS_PER_SLOT` times as many clip
    workers as request slots (concurrency per endpoint x endpoints): the pool's per-endpoint limit is
    the real one, and a clip sleeping through its retry backoff holds no slot, another clip's request
    takes it (with 30 % transient 500s about as many clips back off at once as are in flight).
-3. Each finished clip (longvid.caption.captioner: retries, quality gates, a status) is appended to
+2. Each finished clip (longvid.caption.captioner: retries, quality gates, a status) is appended to
    the cache and fsynced as it arrives: a killed job, a preempted node or a rerun captions only
    what is missing, no duplicates, no loss.
-4. With `caption.server` the job starts the server itself (longvid.caption.server), waits for its
+3. With `caption.server` the job starts the server itself (longvid.caption.server), waits for its
    health route, watches it (a server exiting mid-shard, with any exit code, fails the job with its
    last log lines) and stops it at the end, on failure too. Its log is `<cache>.server.log`.
-5. Last, the declared output: every row of the input, rejected ones unchanged, kept ones with
-   caps, text, caption_source "openai", caption_status (ok|truncated|blocked|error), caption_error
-   ("" unless error/blocked: the text is then ""), caption_note (why truncated), caption_model,
-   caption_prompt, caption_frames {count, indices, width, height, fps, shrunk}, caption_attempts,
-   caption_tokens {prompt, completion, t5_est (or t5 when counted with a cached T5 tokenizer)},
-   caption_flags.
-
-A shard where every clip to caption failed transiently (all endpoints erroring) fails the job
-rather than publish an uncaptioned table; the cache keeps whatever did finish.
+4. With `caption.rewrite` each caption goes through a second, text-only request (longvid.caption.rewrite).
 """
 
 from __future__ import annotations
@@ -38,32 +29,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from longvid.caption import cache as ccache
+from longvid.caption import rewrite
 from longvid.caption import server as cserver
 from longvid.caption.captioner import caption_clip, record
 from longvid.caption.client import Pool
 from longvid.caption.frames import prepare
-from longvid.io import InputError, one_line, read_jsonl, write_jsonl
+from longvid.caption.shard import run_shard
+from longvid.io import InputError, one_line
 
 log = logging.getLogger(__name__)
 
 DECODE_THREADS = max(1, min(4, (os.cpu_count() or 1)))
 WORKERS_PER_SLOT = 3  # clip workers per request slot: in flight, backing off, waiting with their frames
-OUTPUT_KEYS = {"caps": "caps", "text": "text", "caption_status": "status", "caption_error": "error",
-               "caption_note": "note", "caption_model": "model", "caption_prompt": "prompt",
-               "caption_frames": "frames", "caption_attempts": "attempts", "caption_tokens": "tokens",
-               "caption_flags": "flags"}
-
-
-def default_cache_path(out: Path) -> Path:
-    """Without a `cache` argument: a hidden file beside the output (not a declared output, so
-    Snakemake leaves it alone)."""
-    return out.with_name(f".{out.stem}.caption_cache.jsonl")
-
-
-def captioned_row(row: dict, rec: dict) -> dict:
-    return {**row, "caption_source": "openai", **{k: rec.get(v) for k, v in OUTPUT_KEYS.items()}}
-
-
 def server_model(ccfg: dict) -> str | None:
     scfg = ccfg.get("server") or {}
     return scfg.get("model") or (ccfg["model"] if ccfg["model"] != "auto" else None)
@@ -115,6 +92,8 @@ async def caption_all(ccfg: dict, todo: list[dict], cc: ccache.CaptionCache, fps
                     rec = record(row, ccfg, "error", f"decode failed: {err}", None, 0)
                 else:
                     rec = await caption_clip(pool, ccfg, row, frames, lambda s, row=row: decode(row, s))
+                    if rewrite.wanted(ccfg, rec):
+                        rec = await rewrite.rewrite(pool, ccfg, rec)
                 cc.put(rec, fps[row["id"]])
                 results.append(rec)
                 progress.add(rec)
@@ -163,26 +142,13 @@ def caption_shard(cfg: dict, clips: Path, out: Path, name: str, cache: Path | No
     cache file (the stage table passes data/caption_cache/{dataset}/{shard}.jsonl; None: a hidden
     file beside `out`)."""
     ccfg = cfg["caption"]
-    rows = list(read_jsonl(clips))
-    kept = [r for r in rows if r.get("keep")]
-    cache_path = Path(cache) if cache is not None else default_cache_path(Path(out))
-    settings = ccache.settings_fingerprint(ccfg, cfg.get("stage_version", ""))
-    with ccache.CaptionCache(cache_path) as cc:
-        fps = {r["id"]: ccache.clip_fingerprint(settings, r) for r in kept}
-        todo = [r for r in kept if cc.get(r["id"], fps[r["id"]]) is None]
-        log.info("%s: %d kept clips, %d cached, %d to caption", name, len(kept), len(kept) - len(todo), len(todo))
-        if todo and not ccfg.get("server") and not ccfg["endpoints"]:
+
+    def caption_todo(todo, cc, fps, cache_path):
+        if not ccfg.get("server") and not ccfg["endpoints"]:
             raise InputError("caption: backend openai needs caption.endpoints (base URLs) or caption.server")
-        if todo:
-            run_backend(ccfg, todo, cc, fps, cache_path, name, down_timeout, server_grace)
-        recs = {r["id"]: cc.entries[r["id"]] for r in kept}
-    if todo and all(recs[r["id"]].get("transient") for r in todo):
-        why = collections.Counter(recs[r["id"]]["error"] for r in todo).most_common(1)[0][0]
-        raise RuntimeError(f"{name}: none of {len(todo)} clips could be captioned; e.g. {why}")
-    write_jsonl(out, (captioned_row(r, recs[r["id"]]) if r.get("keep") else r for r in rows))
-    counts = collections.Counter(recs[i]["status"] for i in recs)
-    log.info("%s: captioned %d kept clips (%s)", name, len(kept), ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    return 0
+        run_backend(ccfg, todo, cc, fps, cache_path, name, down_timeout, server_grace)
+
+    return run_shard(cfg, clips, out, name, cache, "openai", caption_todo)
 
 
 def run_backend(ccfg: dict, todo: list[dict], cc: ccache.CaptionCache, fps: dict[str, str], cache_path: Path,
