@@ -152,3 +152,30 @@ def test_bad_inputs_name_the_path(tmp_path):
     (tmp_path / "empty.log").write_text("no timestamps here\n")
     with pytest.raises(InputError, match="empty.log: no timestamped log lines"):
         report([tmp_path / "empty.log"])
+
+
+def test_attempt_logs_rank0_only_and_queue_time(tmp_path, monkeypatch):
+    """accounting.attempt_log: one file per attempt in run_dir/logs (rank 0 only); the start line's
+    `submitted=` (the Slurm job's submit time) becomes the period's queue time."""
+    import logging
+
+    from longvid.train import accounting
+
+    log = logging.getLogger("longvid.train")
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    with accounting.attempt_log(tmp_path) as path:
+        assert path is None  # another rank: its lines go to the job's log only
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_JOB_ID", "41")
+    logging.getLogger().setLevel(logging.INFO)
+    with accounting.attempt_log(tmp_path) as path:
+        log.info("building the model")
+        log.info(accounting.start_message(0, world_size=2, job=41, submitted="2026-01-01T00:00:00"))
+    assert path.parent == tmp_path / "logs" and path.name.endswith("-job41.log")
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2 and "run start step=0" in lines[1]
+    with pytest.raises(ValueError), accounting.attempt_log(tmp_path) as failing:
+        raise ValueError("bad shard\nsecond line")
+    assert failing.read_text().strip().endswith("ValueError: bad shard second line")
+    rep = accounting.report([path])
+    assert rep["periods"][0]["queued_seconds"] > 0 and rep["totals"]["queued_seconds"] > 0

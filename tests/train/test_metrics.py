@@ -97,3 +97,30 @@ def test_wandb_offline_files_under_run_dir_and_no_secret_anywhere(tmp_path, monk
     assert steps(run_dir) == [1, 2, 3]
     with MetricsLogger(run_dir, config=config) as m:  # a fresh start is a new wandb run
         assert m.wandb_run.id != run_id
+
+
+def test_a_dead_wandb_service_is_a_warning_and_metrics_jsonl_goes_on(tmp_path, monkeypatch, caplog):
+    """Slurm's SIGTERM reaches wandb's service process too: its calls then raise (ConnectionResetError
+    in wandb.finish); the trainer's exit status must not change and metrics.jsonl keeps every row."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    m = MetricsLogger(tmp_path, {"lr": 1e-3})
+    assert m.wandb_run is not None
+
+    class Gone:
+        def __getattr__(self, name):
+            def fail(*a, **k):
+                raise ConnectionResetError("Connection lost")
+            return fail
+
+    real, m.wandb_run = m.wandb_run, Gone()
+    m.log(1, loss=0.5)  # warns, drops wandb
+    m.log(2, loss=0.4)
+    m.close()
+    real.finish()
+    assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert "wandb log failed (ConnectionResetError: Connection lost)" in caplog.text
+    m2 = MetricsLogger(tmp_path / "b", {})
+    real2, m2.wandb_run = m2.wandb_run, Gone()
+    m2.close()  # finish raising at shutdown: a warning
+    real2.finish()
+    assert "wandb finish failed" in caplog.text

@@ -33,7 +33,10 @@ rule train:
         "results/logs/{experiment}/train.log",
     benchmark:
         "results/benchmarks/{experiment}/train.tsv"
-    retries: 3
+    # Retries come from the Snakemake that submits jobs, never from the one inside a Slurm job (whose
+    # allocation is ending when the trainer exits 75 at the time-limit warning): each continuation is
+    # a new job. The trainer keeps every attempt's log in results/train/{experiment}/logs/.
+    retries: 0 if workflow.remote_exec else 3
     params:
         config=stage_config("train"),
         dataset_dir=experiment_dataset_dir,
@@ -42,7 +45,7 @@ rule train:
         # without data.latent_cache there is no latents input, and clips are encoded on the fly
         "{params.launch} longvid train {params.config} --dataset-dir {params.dataset_dir}"
         " --run-dir results/train/{wildcards.experiment} --latents data/latents/{wildcards.experiment}/train.jsonl"
-        " >> {log} 2>&1"
+        " > {log} 2>&1"
 
 
 rule sample:

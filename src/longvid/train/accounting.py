@@ -14,6 +14,11 @@ If the next period resumed from step k while the previous one had reached step m
 were trained twice: they are reported as lost steps, with the wall time the previous period spent
 after step k. `--now` adds the time since the last log line as an ongoing interruption.
 
+The trainer keeps one log per attempt in the run directory (`attempt_log`: run_dir/logs/, where
+Snakemake, which empties a rule's log before every attempt, does not reach), and rank 0 alone writes
+the start and end lines; the start line carries the Slurm job and its submit time, so each period
+also says how long its job queued.
+
 Log lines start with an ISO timestamp (`2026-11-24T21:40:00+0000 INFO longvid.train: step 10 ...`,
 see LOG_FORMAT); the research code's `[2024-05-01 10:00:00,123] [INFO] [RANK 0] ...` and submitit's
 `submitit INFO (2024-05-01 10:00:00,123) - ...` are read too. Lines without a timestamp (tracebacks)
@@ -22,8 +27,13 @@ take the time of the line before them.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import logging
+import os
 import re
+import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,8 +53,50 @@ def end_message(step: int, reason: str = "finished") -> str:
     return f"[longvid] run end step={step} reason={reason}"
 
 
+def job_fields() -> dict:
+    """The start line's Slurm fields: job id, times requeued, submit time (best effort: scontrol)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return {}
+    fields = {"job": job}
+    if os.environ.get("SLURM_RESTART_COUNT", "0") != "0":
+        fields["requeued"] = os.environ["SLURM_RESTART_COUNT"]
+    try:
+        out = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return fields
+    if (m := re.search(r"\bSubmitTime=(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)", out)):
+        fields["submitted"] = m.group(1)
+    return fields
+
+
+@contextlib.contextmanager
+def attempt_log(run_dir: Path):
+    """Rank 0's log of this attempt, also into run_dir/logs/train-<start time>-<job or pid>.log."""
+    if int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0) != 0:
+        yield None
+        return
+    folder = Path(run_dir) / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    job = os.environ.get("SLURM_JOB_ID")
+    path = folder / f"train-{time.strftime('%Y%m%dT%H%M%S')}-{f'job{job}' if job else f'pid{os.getpid()}'}.log"
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATEFMT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield path
+    except BaseException as e:
+        logging.getLogger("longvid.train").error("%s: %s", type(e).__name__, " ".join(str(e).split())[:300])
+        raise
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
 TIMESTAMP = re.compile(r"^(?:submitit \w+ \()?\[?(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?)\]?")
 START = re.compile(r"\[longvid\] run start step=(\d+)|(building SATVideoDiffusionEngine model)")
+SUBMITTED = re.compile(r"\bsubmitted=(\S+)")
 END = re.compile(r"\[longvid\] run end step=(\d+) reason=(\w+)")
 STEP = re.compile(r"\b(?:step|iteration|iter)[\s=:]+(\d+)")
 STOP = [  # the period was asked to stop
@@ -87,6 +139,7 @@ class Period:
     samples: list[tuple[dt.datetime, int]] = field(default_factory=list)
     ended_by: str = "unknown"  # preempted: <why> | finished | error: <line> | unknown
     started: bool = False  # a start line was seen (lines before it belong to the same attempt)
+    submitted: dt.datetime | None = None  # the Slurm job's submit time, when the start line says
 
     @property
     def end_step(self) -> int | None:
@@ -103,6 +156,7 @@ class Period:
         self.start_step = min(steps) if steps else None
         self.samples = sorted(set(self.samples) | set(other.samples))
         self.started = self.started or other.started
+        self.submitted = self.submitted or other.submitted
         self.end_with(other.ended_by)
 
 
@@ -129,6 +183,9 @@ def parse_file(path: Path) -> list[Period]:
             if start:
                 p.started = True
                 p.start_step = int(start.group(1)) if start.group(1) else None
+                if sub := SUBMITTED.search(line):
+                    with contextlib.suppress(ValueError):
+                        p.submitted = parse_time(sub.group(1))
             elif step := STEP.search(line):
                 p.samples.append((now, int(step.group(1))))
             if ending := ending_of(line):
@@ -197,11 +254,13 @@ def report(paths: list[str | Path], now: dt.datetime | None = None, idle_minutes
     rows = [{"source": p.source, "start": p.start, "end": p.end, "seconds": (p.end - p.start).total_seconds(),
              "start_step": p.start_step, "end_step": p.end_step,
              "steps": (p.end_step - p.start_step) if None not in (p.end_step, p.start_step) else None,
-             "ended_by": p.ended_by} for p in periods]
+             "ended_by": p.ended_by,
+             "queued_seconds": max(0.0, (p.start - p.submitted).total_seconds()) if p.submitted else None}
+            for p in periods]
     totals = {"wall_seconds": wall, "running_seconds": running, "interrupted_seconds": sum(by_kind.values()),
               "interrupted_by_kind": by_kind, "lost_steps": sum(g["lost_steps"] for g in gaps), "lost_seconds": lost,
               "useful_seconds": running - lost, "restarts": len(periods) - 1, "final_step": last.end_step,
-              "files": len(files)}
+              "files": len(files), "queued_seconds": sum(r["queued_seconds"] or 0.0 for r in rows)}
     for key in ("running", "interrupted", "lost", "useful"):
         totals[f"{key}_pct"] = 100.0 * totals[f"{key}_seconds"] / wall
     return {"periods": rows, "gaps": gaps, "totals": totals}
@@ -228,6 +287,7 @@ def format_text(rep: dict) -> str:
             f"wall        {hms(t['wall_seconds']):>11}  over {len(rep['periods'])} running periods, {t['files']} log files",
             f"running     {hms(t['running_seconds']):>11}  {t['running_pct']:5.1f}%",
             f"interrupted {hms(t['interrupted_seconds']):>11}  {t['interrupted_pct']:5.1f}%" + (f"  ({kinds})" if kinds else ""),
+            f"queued      {hms(t['queued_seconds']):>11}  (Slurm jobs waiting to start)",
             f"lost        {hms(t['lost_seconds']):>11}  {t['lost_pct']:5.1f}%  ({t['lost_steps']} steps trained twice)",
             f"useful      {hms(t['useful_seconds']):>11}  {t['useful_pct']:5.1f}%  (final step {t['final_step']})"]
     return "\n".join(out)

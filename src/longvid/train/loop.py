@@ -224,32 +224,39 @@ class Trainer:
 
     def fit(self) -> int:
         resumed = self.resume()
-        log.info(accounting.start_message(self.step, world_size=self.info.world_size))
+        main = self.info.is_main  # one start/end record per attempt, not one per rank
+        if main:
+            log.info(accounting.start_message(self.step, world_size=self.info.world_size, **accounting.job_fields()))
         steps = self.cfg["steps"]
         rates = Throughput()
         with MetricsLogger(self.run_dir, self.exp, project=self.cfg["wandb_project"], name=self.run_dir.name,
-                           resume_step=resumed, is_main=self.info.is_main) as metrics, \
-                PreemptionHandler() as stop, progress(steps, self.step, self.info.is_main) as bar:
+                           resume_step=resumed, is_main=main) as metrics, \
+                PreemptionHandler() as stop, progress(steps, self.step, main) as bar:
             batches = self.batches()
             while self.step < steps:
                 loss, tokens, samples = self.train_step(batches)
                 self.step += 1
                 rates.update(samples * self.info.world_size, tokens * self.info.world_size)
                 bar.update(1)
+                # The stop is checked before any wandb call (the signal may have reached wandb's service
+                # process too): a stopping step's metrics go to metrics.jsonl only, then the checkpoint.
+                stopping = stop.should_stop(self.info) and self.step < steps
                 if self.step % self.cfg["log_every"] == 0 or self.step == steps:
                     loss = all_reduce_mean(torch.tensor([loss], device=self.device)).item()  # all ranks
-                    metrics.log(self.step, loss=loss, lr=self.scheduler.get_last_lr()[0], **rates.rates())
+                    metrics.log(self.step, loss=loss, lr=self.scheduler.get_last_lr()[0], **rates.rates(),
+                                wandb=not stopping)
+                if stopping:
+                    self.save()
+                    if main:
+                        log.info(accounting.end_message(self.step, reason="preempted"))
+                    return EXIT_PREEMPTED
                 if self.step % self.cfg["save_every"] == 0 or self.step == steps:
                     self.save()
-                if stop.should_stop(self.info) and self.step < steps:
-                    self.save()
-                    log.info(accounting.end_message(self.step, reason="preempted"))
-                    return EXIT_PREEMPTED
-        if self.info.is_main:
+        if main:
             # the declared output carries what the report shows: provenance and the training curve
             export_model(self.model, self.exp, self.run_dir / "final", step=self.step, provenance=self.ckpt.meta,
                          metrics=self.run_dir / "metrics.jsonl")
-        log.info(accounting.end_message(self.step))
+            log.info(accounting.end_message(self.step))
         return 0
 
 
@@ -283,11 +290,15 @@ def train(cfg: dict, dataset_dir: Path, run_dir: Path, latents: Path, name: str)
     data.latent_cache is on, else from the clips; exit status 75 when stopped by a signal."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(cfg, run_dir, Path(dataset_dir), Path(latents) if cfg["data"]["latent_cache"] else None)
-    if trainer.info.is_main:
-        write_json(run_dir / "config.json", cfg)
-    t0 = time.time()
-    code = trainer.fit()
-    log.info("training took %.1f s", time.time() - t0)
-    cleanup()
+    with accounting.attempt_log(run_dir):  # kept in the run directory: Snakemake deletes rule logs per attempt
+        trainer = Trainer(cfg, run_dir, Path(dataset_dir), Path(latents) if cfg["data"]["latent_cache"] else None)
+        if trainer.info.is_main:
+            write_json(run_dir / "config.json", cfg)
+        t0 = time.time()
+        code = trainer.fit()
+        log.info("training took %.1f s", time.time() - t0)
+        try:
+            cleanup()
+        except (RuntimeError, ConnectionError) as e:  # a peer gone after the work is saved changes nothing
+            log.warning("leaving the process group: %s", " ".join(str(e).split())[:200])
     return code

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -24,6 +25,7 @@ from typing import Any
 from longvid.io import atomic_path, dumps_row
 
 SECRET_WORDS = ("key", "token", "secret", "password")
+log = logging.getLogger("longvid.train")
 
 
 def redact(config: Any) -> Any:
@@ -110,22 +112,35 @@ class MetricsLogger:
             settings=wandb.Settings(console="off", save_code=False, silent=True),
         )
 
-    def log(self, step: int, **metrics: Any) -> None:
+    def log(self, step: int, wandb: bool = True, **metrics: Any) -> None:
+        """A row of metrics.jsonl, mirrored to wandb unless `wandb` is False (a stopping step)."""
         if not self.enabled:
             return
         metrics = {k: v.item() if hasattr(v, "item") else v for k, v in metrics.items()}  # tensors, numpy
         row = {"step": step, "time": round(time.time(), 3), **metrics}
         self._f.write(dumps_row(row) + "\n")
         self._f.flush()
-        if self.wandb_run is not None:
-            self.wandb_run.log(metrics, step=step)
+        if self.wandb_run is not None and wandb:
+            try:
+                self.wandb_run.log(metrics, step=step)
+            except Exception as e:  # noqa: BLE001 - wandb is a mirror of metrics.jsonl, never a reason to stop
+                self._wandb_failed("log", e)
+
+    def _wandb_failed(self, what: str, e: Exception) -> None:
+        # e.g. ConnectionResetError when Slurm's signal also killed wandb's service process
+        log.warning("wandb %s failed (%s: %s); metrics.jsonl goes on without it", what, type(e).__name__,
+                    " ".join(str(e).split())[:160])
+        self.wandb_run = None
 
     def close(self) -> None:
         if not self.enabled:
             return
         self._f.close()
         if self.wandb_run is not None:
-            self.wandb_run.finish()
+            try:
+                self.wandb_run.finish()
+            except Exception as e:  # noqa: BLE001 - at shutdown a warning, never a changed exit status
+                self._wandb_failed("finish", e)
             self.wandb_run = None
 
     def __enter__(self) -> "MetricsLogger":
