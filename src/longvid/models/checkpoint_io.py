@@ -123,6 +123,12 @@ def load_diffusers(path: str | Path, cfg: DiTConfig) -> dict[str, torch.Tensor]:
                          "not a CogVideoXTransformer3DModel")
     theirs = config_from_diffusers(meta)
     _check_positions(theirs.pos_embed, theirs.learnable_pos_embed, cfg, str(path))
+    # Not in the weights' shapes, but in what the weights compute: positions and normalisation.
+    for theirs_key, ours_key in (("spatial_interpolation_scale", "spatial_interpolation"),
+                                 ("temporal_interpolation_scale", "time_interpolation"), ("norm_eps", "norm_eps")):
+        if float(getattr(theirs, ours_key)) != float(getattr(cfg, ours_key)):
+            raise InputError(f"{path / 'config.json'}: {theirs_key}={getattr(theirs, ours_key)!r} but the experiment's "
+                             f"model.{ours_key}={getattr(cfg, ours_key)!r}; set model.overrides.{ours_key} to match")
     index = path / f"{DIFFUSERS_WEIGHTS}.index.json"
     if index.is_file():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -240,6 +246,8 @@ def _diffusers_blockers(cfg: DiTConfig) -> list[str]:
         (cfg.sincos_repeat != "none", f"{PREFIX}.sincos_repeat={cfg.sincos_repeat} (plain 3D sin-cos only)"),
         (not cfg.qk_norm, f"{PREFIX}.qk_norm=false (QK-LayerNorm always on)"),
         (cfg.mlp_ratio != 4, f"{PREFIX}.mlp_ratio={cfg.mlp_ratio} (4x MLP only)"),
+        (cfg.pos_embed == "rope" and cfg.rope_theta != 10000.0,
+         f"{PREFIX}.rope_theta={cfg.rope_theta:g} (RoPE theta is always 10000 there)"),
     ]
     return [why for bad, why in checks if bad]
 

@@ -159,6 +159,9 @@ class DiTConfig:
         if self.pos_embed == "sincos" and self.hidden_size % 16:
             raise InputError(f"{PREFIX}.hidden_size={self.hidden_size}: must be a multiple of 16 "
                              "for 3D sin-cos")
+        if self.learnable_pos_embed and self.pos_embed != "rope":  # diffusers refuses to load it, as no model has it
+            raise InputError(f"{PREFIX}.learnable_pos_embed: needs {PREFIX}.pos_embed=rope (CogVideoX's learned "
+                             f"positions come with RoPE, the 5B I2V model); it is {self.pos_embed!r}")
         if self.sincos_repeat != "none" and self.pos_embed != "sincos":
             raise InputError(f"{PREFIX}.sincos_repeat={self.sincos_repeat}: needs {PREFIX}.pos_embed=sincos")
         check_frames(self, self.latent_frames)

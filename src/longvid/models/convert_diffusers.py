@@ -95,6 +95,11 @@ def config_from_diffusers(dc: dict[str, Any], **overrides: Any) -> DiTConfig:
         if g(key, want) != want:
             raise InputError(f"diffusers config {key}={g(key)!r}: only {want!r} is supported (CogVideoX 1.0)")
     heads, head_dim = g("num_attention_heads", 30), g("attention_head_dim", 64)
+    frames = g("sample_frames", 49)
+    if not isinstance(frames, int) or frames < 1 or (frames - 1) % (2 * g("temporal_compression_ratio", 4)):
+        latent = (frames - 1) // g("temporal_compression_ratio", 4) + 1 if isinstance(frames, int) else "?"
+        raise InputError(f"diffusers config sample_frames={frames!r}: {latent} latent frames; this DiT needs an "
+                         "odd latent frame count (8N+1 pixel frames: 49, 145) for model.num_frames")
     base = DiTConfig(
         num_frames=g("sample_frames", 49), time_compressed_rate=g("temporal_compression_ratio", 4),
         latent_height=g("sample_height", 60), latent_width=g("sample_width", 90),
