@@ -88,7 +88,7 @@ def test_faults_everywhere_nothing_lost(tmp_path, clips):
     faults = dict(fail_rate=0.3, retry_after=0.05, retry_after_seconds=0.2, hang_rate=0.05, malformed_rate=0.05,
                   drop_rate=0.05, length_rate=0.1, boilerplate_rate=0.3, repeat_rate=0.2, delay=0.02,
                   max_visual_frames=8)
-    with VLMServer(seed=1, **faults) as a, VLMServer(seed=2, **faults) as b:
+    with VLMServer(seed=1, hang_first=1, **faults) as a, VLMServer(seed=2, **faults) as b:
         t0 = time.monotonic()
         table, cache = run(tmp_path, clips, endpoints=[a.url, dead_url(), b.url], concurrency=3, timeout=1.0,
                            attempts=8, backoff=0.05, structured=True)

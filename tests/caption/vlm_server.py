@@ -61,6 +61,9 @@ OPTIONS = {  # name: (default, type, help)
     "max_visual_frames": (None, int, "more frames than this: deterministic 400 (encoder cache size)"),
     "deterministic_500_substring": (None, str, "prompts containing this always get 500"),
     "hang_rate": (0.0, float, "fraction read and never answered (until the client gives up)"),
+    "hang_first": (0, int, "chat requests 1..N hang unless refused as invalid: a hang a test can count on "
+                           "whatever the routing (rates are drawn per server, so which server meets a clip "
+                           "changes its draws)"),
     "malformed_rate": (0.0, float, "fraction answered 200 with a body that is not JSON"),
     "drop_rate": (0.0, float, "fraction whose connection closes mid-response"),
     "length_rate": (0.0, float, "fraction cut at half their words with finish_reason length"),
@@ -402,13 +405,13 @@ class Handler(BaseHTTPRequestHandler):
         if sub and sub in p["text"]:
             raise Reject(500, "EngineCore encountered an issue", "InternalServerError", "error_500_substring")
         draw = lambda fault: vlm.draw(fault, p["key"], p["attempt"])  # noqa: E731
-        if draw("429") < vlm.retry_after:
+        if entry["n"] > vlm.hang_first and draw("429") < vlm.retry_after:
             s = vlm.retry_after_seconds
             raise Reject(429, "Too many requests", "RateLimitError", headers={
                 "Retry-After": f"{s:g}", "retry-after-ms": str(round(s * 1000))})
-        if draw("500") < vlm.fail_rate:
+        if entry["n"] > vlm.hang_first and draw("500") < vlm.fail_rate:
             raise Reject(500, "Internal server error (injected)", "InternalServerError")
-        if draw("hang") < vlm.hang_rate:
+        if entry["n"] <= vlm.hang_first or draw("hang") < vlm.hang_rate:
             entry["outcome"] = "hang"
             vlm.count("hang")  # now, not at the end: a test may look while it hangs
             vlm.sleep(self.connection, None)
