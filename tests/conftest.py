@@ -242,3 +242,14 @@ def short_run(shapes_repo, shapes_latents, tmp_path_factory) -> tuple[str, dict]
     run_ok(train_cmd(shapes_repo, name, run, shapes_latents), shapes_repo)
     assert metric_steps(run) == list(range(1, SHORT_TRAIN["steps"] + 1))
     return name, final_weights(run)
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """The local one-node Slurm (tests/slurmkit.py), started once for the session, stopped by PID."""
+    import slurmkit
+
+    state = tmp_path_factory.mktemp("slurm")
+    yield slurmkit.start_cluster(state)
+    slurmkit.stop_cluster(state)
+

@@ -1,75 +1,30 @@
-"""profiles/slurm against a real one-node Slurm cluster (munged, slurmctld, slurmd) started for the session.
-
-workflow/scripts/local-slurm.sh installs and starts it (root, apt; about 15 s the first time, 2 s after):
-jobs really go through sbatch, the plugin's nested `srun` and squeue status polls.
-tests/slurm/profile is layered over the real profile: squeue status (this cluster has no slurmdbd,
-so sacct would make Snakemake wait forever) and quick polls.
-"""
+"""profiles/slurm against a real one-node Slurm cluster (tests/slurmkit.py): the job shape of each kind
+of rule, failures reported, and the data half giving the local profile's dataset."""
 
 import json
-import os
-import shutil
 import subprocess
-import uuid
-from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yte
 from conftest import REPO, copy_repo
+from slurmkit import jobs_of, run_on_slurm, set_cluster_env
 
 pytestmark = pytest.mark.slow
 
-START_STOP = REPO / "workflow/scripts/local-slurm.sh"
-TEST_PROFILE = REPO / "tests/slurm/profile"
 TINY = "tests/data/tiny-config.yaml"
 DATA = [f"data/datasets/shapes/{name}" for name in ("train.jsonl", "val.jsonl", "stats.json")]
 
 
-@pytest.fixture(scope="session")
-def slurm(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("the local Slurm cluster needs root (slurmd, /etc/slurm)")
-    if not (shutil.which("slurmctld") or shutil.which("apt-get")):
-        pytest.skip("the local Slurm cluster needs Debian's slurm packages (apt-get)")
-    state = tmp_path_factory.mktemp("slurm")
-    start = subprocess.run(["bash", START_STOP, "start", state], check=False, capture_output=True, text=True,
-                           timeout=300)
-    assert start.returncode == 0, start.stdout + start.stderr
-    cpus = int(subprocess.check_output(["sinfo", "-h", "-o", "%c"], text=True).split()[0])
-    yield SimpleNamespace(dir=state, cpus=cpus)
-    subprocess.run(["bash", START_STOP, "stop", state], check=False, capture_output=True, timeout=120)
-
-
 @pytest.fixture
 def cluster_env(monkeypatch):
-    """The user's cluster facts, as profiles/slurm reads them; a fresh account names this test's jobs."""
-    account = f"t{uuid.uuid4().hex[:10]}"
-    monkeypatch.setenv("LONGVID_SLURM_ACCOUNT", account)
-    monkeypatch.setenv("LONGVID_SLURM_PARTITION", "debug")
-    monkeypatch.delenv("LONGVID_SLURM_GPU_PARTITION", raising=False)
-    monkeypatch.delenv("LONGVID_SLURM_GPU_MODEL", raising=False)
-    return account
+    return set_cluster_env(monkeypatch)
 
 
-def run_on_slurm(cwd: Path, *args: str, limit: int = 240) -> subprocess.CompletedProcess:
-    # SIGINT, not SIGTERM: only on SIGINT does Snakemake scancel its jobs before exiting.
-    cmd = ["timeout", "-s", "INT", "-k", "30", str(limit), "snakemake", *args,
-           "--profile", str(REPO / "profiles/slurm"), "--profile", str(TEST_PROFILE)]
-    proc = subprocess.run(cmd, check=False, cwd=cwd, capture_output=True, text=True, timeout=limit + 60)
-    assert proc.returncode != 124, f"snakemake still running after {limit} s:\n{proc.stderr[-4000:]}"
-    return proc
-
-
-def jobs_of(account: str) -> dict[str, tuple[str, str]]:
-    """{rule: (state, partition)} of the Slurm jobs submitted under `account` (squeue keeps them 300 s)."""
-    out = subprocess.check_output(["squeue", "--states=all", "-h", "-A", account, "-o", "%k|%T|%P"],
-                                  text=True)
-    jobs = {}
-    for line in out.splitlines():
-        comment, state, partition = line.split("|")  # the plugin's comment: rule_<name>[_wildcards_...]
-        jobs[comment.removeprefix("rule_").split("_wildcards")[0]] = (state, partition)
-    return jobs
+def states(account: str) -> dict[str, tuple[str, str]]:
+    """{rule: (state, partition)} of a run where every rule was one job."""
+    jobs = jobs_of(account)
+    assert all(len(j) == 1 for j in jobs.values()), jobs
+    return {rule: j[0][1:] for rule, j in jobs.items()}
 
 
 def profile_resources(rule: str) -> dict:
@@ -79,7 +34,7 @@ def profile_resources(rule: str) -> dict:
 
 HARNESS = '''
 rule all:
-    input: "b.txt", "gpu.txt", "never.txt"
+    input: "b.txt", "gpu.txt", "never.txt", "rank_died.txt"
 
 rule a:
     output: "a.txt"
@@ -95,6 +50,11 @@ rule gpu_tasks:
     resources: GPU_RESOURCES
     shell: "{resources.mpi} -n {resources.tasks} sh -c 'echo $SLURM_PROCID $CUDA_VISIBLE_DEVICES' > {output}"
 
+rule rank_dies:
+    output: "rank_died.txt"
+    resources: GPU_RESOURCES
+    shell: "{resources.mpi} -n {resources.tasks} sh -c '[ $SLURM_PROCID = 0 ] && exit 3; sleep 600'; touch {output}"
+
 rule fail:
     output: "never.txt"
     shell: "echo boom >&2; exit 3"
@@ -106,7 +66,7 @@ def test_jobs_on_slurm_failures_reported_train_gets_a_task_per_gpu(slurm, cluste
     # 2 fake GPUs and the CPUs of the test node.
     train = {**profile_resources("train"), "gpu": 2, "tasks": 2, "cpus_per_gpu": 1, "mem_mb": 1000,
              "runtime": 5}
-    assert train["mpi"] == "srun" and train["tasks_per_gpu"] == 1 and train["slurm_partition"] == "debug"
+    assert train["mpi"].split()[0] == "srun" and train["tasks_per_gpu"] == 1 and train["slurm_partition"] == "debug"
     (tmp_path / "Snakefile").write_text(
         HARNESS.replace("GPU_RESOURCES", ", ".join(f"{k}={v!r}" for k, v in train.items())))
 
@@ -121,10 +81,12 @@ def test_jobs_on_slurm_failures_reported_train_gets_a_task_per_gpu(slurm, cluste
     assert {gpu for t in tasks for gpu in t[1].split(",")} == {"0", "1"}    # 2 GPUs (rank picks by LOCALID)
 
     assert "Error in rule fail" in log and "SLURM status is: 'FAILED'" in log
+    # rank 0 died: srun ended rank 1's sleep a minute later (`srun --wait`), not the 5 min time limit
+    assert "Error in rule rank_dies" in log and not (tmp_path / "rank_died.txt").exists()
     assert not (tmp_path / "never.txt").exists()
-    assert jobs_of(cluster_env) == {
+    assert states(cluster_env) == {
         "a": ("COMPLETED", "debug"), "b": ("COMPLETED", "debug"),
-        "gpu_tasks": ("COMPLETED", "debug"), "fail": ("FAILED", "debug")}
+        "gpu_tasks": ("COMPLETED", "debug"), "fail": ("FAILED", "debug"), "rank_dies": ("FAILED", "debug")}
 
 
 def test_data_half_on_slurm_gives_the_local_profiles_dataset(slurm, cluster_env, tmp_path):
@@ -140,7 +102,7 @@ def test_data_half_on_slurm_gives_the_local_profiles_dataset(slurm, cluster_env,
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
 
     # Everything but the local rules ran as Slurm jobs, in the partition and account from the environment.
-    assert jobs_of(cluster_env) == {rule: ("COMPLETED", "debug")
+    assert states(cluster_env) == {rule: ("COMPLETED", "debug")
                                     for rule in ("fetch", "probe", "split", "filter", "caption", "dataset")}
     for name in ("train.jsonl", "val.jsonl"):
         got = (remote / "data/datasets/shapes" / name).read_text()

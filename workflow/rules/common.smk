@@ -1,6 +1,7 @@
 # Config resolution, stage commands, path helpers and the shard checkpoint's aggregation. Rules stay
 # declarative; every bit of logic they need lives here, named.
 import json
+import os
 import re
 import shlex
 import sys

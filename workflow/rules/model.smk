@@ -35,8 +35,12 @@ rule train:
         "results/benchmarks/{experiment}/train.tsv"
     # Retries come from the Snakemake that submits jobs, never from the one inside a Slurm job (whose
     # allocation is ending when the trainer exits 75 at the time-limit warning): each continuation is
-    # a new job. The trainer keeps every attempt's log in results/train/{experiment}/logs/.
-    retries: 0 if workflow.remote_exec else 3
+    # a new job. The trainer keeps every attempt's log in results/train/{experiment}/logs/. One retry per
+    # expected continuation (a 24 h run in 4 h jobs: 5) plus a few for crashes; the README says more.
+    retries: 0 if workflow.remote_exec else int(os.environ.get("LONGVID_SLURM_TRAIN_RETRIES") or 10)
+    resources:
+        # a retry after an scancelled attempt refuses in one line (longvid.train.retry_guard)
+        attempt=lambda wildcards, attempt: attempt,
     params:
         config=stage_config("train"),
         dataset_dir=experiment_dataset_dir,
@@ -45,7 +49,12 @@ rule train:
         # without data.latent_cache there is no latents input, and clips are encoded on the fly
         "{params.launch} longvid train {params.config} --dataset-dir {params.dataset_dir}"
         " --run-dir results/train/{wildcards.experiment} --latents data/latents/{wildcards.experiment}/train.jsonl"
-        " > {log} 2>&1"
+        " --attempt {resources.attempt} > {log} 2>&1 || status=$?;"
+        # the whole log of every attempt (all ranks, srun's "tasks 0-1: Exited with exit code 75") is
+        # kept beside the trainer's own: Snakemake empties {log} before the next attempt
+        " mkdir -p results/train/{wildcards.experiment}/logs;"
+        " cp {log} results/train/{wildcards.experiment}/logs/rule-$(date +%Y%m%dT%H%M%S)-job${{SLURM_JOB_ID:-local}}.log;"
+        " exit ${{status:-0}}"
 
 
 rule sample:

@@ -12,6 +12,8 @@
 # No accounting daemon: `sacct` does not work here, so point Snakemake at
 # `--slurm-status-command squeue` (jobs stay visible to squeue for MinJobAge=300 s).
 set -euo pipefail
+# The daemons install into /usr/sbin, which a plain user's PATH (or CI's) may lack.
+export PATH="$PATH:/usr/sbin:/sbin"
 
 usage() { echo "usage: $0 start|stop|status DIR" >&2; exit 2; }
 die() { echo "local-slurm: $*" >&2; exit 1; }

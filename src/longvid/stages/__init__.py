@@ -141,7 +141,9 @@ STAGES = [
           files={"--dataset-dir": (DATASET, "the experiment's dataset"),
                  "--run-dir": ("results/train/{experiment}", "checkpoints, metrics.jsonl, final/"),
                  "--latents": ("data/latents/{experiment}/train.jsonl", "latent index from encode (used when "
-                               "data.latent_cache is on)")}),
+                               "data.latent_cache is on)")},
+          options={"--attempt": {"type": int, "default": 1, "help": "Snakemake's attempt number: a retry "
+                                 "after an scancelled attempt is refused"}}),
     Stage("sample", "experiment", "longvid.sample:sample_all",
           "render videos from the exported model: recorded seeds, sidecars, resumable, split over ranks",
           files={"--model": MODEL, "--prompts": (None, "prompt file (default: the experiment's sample.prompts)"),

@@ -36,7 +36,7 @@ from longvid.config import training_identity
 from longvid.io import write_json
 from longvid.dvc_publish import dataset_version
 from longvid.models.regimes import Regime, apply_regime, param_groups, parameter_table
-from longvid.train import accounting
+from longvid.train import accounting, retry_guard
 from longvid.train.checkpoint import CheckpointManager, capture_rng, restore_rng
 from longvid.runtime import Geometry, build_dit, build_encoders, build_schedule
 from longvid.train.data import make_loader
@@ -167,6 +167,9 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
                 "rng": capture_rng(), "step": self.step,
             })
+        # Every rank leaves together once the checkpoint is on disk: srun ends the other ranks soon
+        # after the first one exits (profile: `srun --wait`), which must not cut rank 0's write.
+        barrier()
 
     # -- one optimisation step -------------------------------------------------------------------
     def micro_step(self, batch: dict, offset: int) -> tuple[torch.Tensor, int, int]:
@@ -257,6 +260,7 @@ class Trainer:
             export_model(self.model, self.exp, self.run_dir / "final", step=self.step, provenance=self.ckpt.meta,
                          metrics=self.run_dir / "metrics.jsonl")
             log.info(accounting.end_message(self.step))
+        barrier()  # as in save(): no rank exits while rank 0 still exports
         return 0
 
 
@@ -285,10 +289,12 @@ def supersede(run_dir: Path) -> Path:
     return target
 
 
-def train(cfg: dict, dataset_dir: Path, run_dir: Path, latents: Path, name: str) -> int:
+def train(cfg: dict, dataset_dir: Path, run_dir: Path, latents: Path, name: str, attempt: int = 1) -> int:
     """The train stage: train (or resume) in `run_dir`, from the latent index `latents` when
-    data.latent_cache is on, else from the clips; exit status 75 when stopped by a signal."""
+    data.latent_cache is on, else from the clips; exit status 75 when stopped by a signal. `attempt`
+    is Snakemake's: a retry (> 1) after an scancelled attempt is refused (retry_guard)."""
     run_dir = Path(run_dir)
+    retry_guard.refuse_retry_after_cancel(run_dir, attempt)
     run_dir.mkdir(parents=True, exist_ok=True)
     with accounting.attempt_log(run_dir):  # kept in the run directory: Snakemake deletes rule logs per attempt
         trainer = Trainer(cfg, run_dir, Path(dataset_dir), Path(latents) if cfg["data"]["latent_cache"] else None)

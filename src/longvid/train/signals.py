@@ -27,7 +27,7 @@ Exit codes:
      zero exit would look like success to Slurm and anything else watching. 75 rather than 143 keeps
      "saved, please requeue" distinguishable from "killed by SIGTERM before it could save" (143 from
      a shell, -15 from Python's subprocess, `0:15` in sacct).
-The train rule must therefore declare a retry budget (`retries: 20`) and must *not* declare the run
+The train rule must therefore declare a retry budget (workflow/rules/model.smk) and must *not* declare the run
 directory as its output: Snakemake deletes the outputs of a failed job, checkpoints included. Its
 output is a file written once training finished (e.g. the final export).
 """
