@@ -9,8 +9,8 @@
 # by the PIDs start recorded and restores /etc/slurm. Both are idempotent. Needs root (slurmd runs
 # jobs as any user) and a Debian-like system for the install step.
 #
-# No accounting daemon: `sacct` does not work here, so point Snakemake at
-# `--slurm-status-command squeue` (jobs stay visible to squeue for MinJobAge=300 s).
+# No accounting daemon: `sacct` does not work here, so profiles/slurm checks job status with squeue
+# (jobs stay visible to squeue for MinJobAge=300 s).
 set -euo pipefail
 # The daemons install into /usr/sbin, which a plain user's PATH (or CI's) may lack.
 export PATH="$PATH:/usr/sbin:/sbin"
