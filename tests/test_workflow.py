@@ -100,8 +100,10 @@ def test_the_cluster_command_plans_the_5b_experiment(repo_copy):
     GPU stages launched with one srun task per GPU."""
     proc = snakemake(repo_copy, "--profile", "profiles/slurm", "-n", "results/samples/5b_sft")
     assert job_counts(proc.stdout) == {"fetch": 1, "shard": 1, "dataset": 1, "encode": 1, "train": 1, "sample": 1}
-    # one srun task per GPU, each handed the stage's resolved config
-    assert re.search(r"srun -n 8 longvid train --experiment 5b_sft --stage-config results/config/", proc.stdout)
+    # one srun task per GPU, each handed the stage's resolved config (train's srun ends the ranks a
+    # minute after one of them died)
+    assert re.search(r"srun --wait=60 -n 8 longvid train --experiment 5b_sft --stage-config results/config/",
+                     proc.stdout)
     assert "srun -n 8 longvid sample --experiment 5b_sft" in proc.stdout
     assert "--out-dir results/samples/5b_sft" in proc.stdout
 
