@@ -252,4 +252,3 @@ def slurm(tmp_path_factory):
     state = tmp_path_factory.mktemp("slurm")
     yield slurmkit.start_cluster(state)
     slurmkit.stop_cluster(state)
-

@@ -76,4 +76,3 @@ def jobs_of(account: str) -> dict[str, list[tuple[str, str, str]]]:
         job, comment, state, partition = line.split("|")  # the plugin's comment: rule_<name>[_wildcards_...]
         jobs.setdefault(comment.removeprefix("rule_").split("_wildcards")[0], []).append((job, state, partition))
     return jobs
-

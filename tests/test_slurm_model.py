@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -56,29 +57,36 @@ def clone(built: Path, dst: Path) -> Path:
     return dst
 
 
+def slurm_env(mp) -> str:
+    """The small node's settings and a fresh account (its name); wandb in its default offline mode."""
+    mp.setenv("OMP_NUM_THREADS", "1")  # one CPU per rank: more threads only thrash
+    mp.delenv("WANDB_MODE", raising=False)
+    return set_cluster_env(mp, **SMALL_NODE)
+
+
 @pytest.fixture
-def small_cluster(slurm, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # one CPU per rank: more threads only thrash
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    return set_cluster_env(monkeypatch, **SMALL_NODE)
+def small_cluster(slurm, monkeypatch) -> str:
+    return slurm_env(monkeypatch)
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(built, tmp_path_factory) -> dict:
-    """Final weights of the chain test's Slurm run (set by it), for the interrupted runs to match."""
-    return {}
+def on_slurm(built, slurm, tmp_path_factory) -> SimpleNamespace:
+    """The whole chain through profiles/slurm, uninterrupted: the reference of every test here."""
+    repo = clone(built, tmp_path_factory.mktemp("on-slurm") / "repo")
+    with pytest.MonkeyPatch.context() as mp:
+        account = slurm_env(mp)
+        proc = run_on_slurm(repo, "results/report/tiny.html", "--configfile", TINY, EXP, limit=900)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+        jobs = jobs_of(account)
+    return SimpleNamespace(repo=repo, jobs=jobs, weights=final_weights(repo / RUN))
 
 
-def test_the_chain_on_slurm_matches_a_local_run(built, small_cluster, uninterrupted, tmp_path):
-    local, remote = clone(built, tmp_path / "local"), clone(built, tmp_path / "slurm")
+def test_the_chain_on_slurm_matches_a_local_run(built, on_slurm, tmp_path):
+    local, remote, jobs = clone(built, tmp_path / "local"), on_slurm.repo, on_slurm.jobs
     # One local process with the batch of both ranks: the same global batch, so nearly the same weights.
     (local / "one-process.yaml").write_text("experiments: {tiny: {train: {micro_batch: 4}}}\n")
     snakemake(local, "results/report/tiny.html", "--configfile", TINY, EXP, "one-process.yaml", timeout=900)
-    proc = run_on_slurm(remote, "results/report/tiny.html", "--configfile", TINY, EXP, limit=900)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-6000:]
 
-    jobs = jobs_of(small_cluster)
     assert {rule: [state for _, state, _ in j] for rule, j in jobs.items()} == {
         rule: ["COMPLETED"] for rule in ("train", "sample", "evaluate")}, jobs  # report is a local rule
     start = next(line for line in (remote / "results/logs/tiny/train.log").read_text().splitlines()
@@ -88,10 +96,9 @@ def test_the_chain_on_slurm_matches_a_local_run(built, small_cluster, uninterrup
     assert "rank 0/2" in sample_log and "rank 1/2" in sample_log, "sampling split over both ranks"
     assert (remote / "results/logs/slurm/rule_train/tiny" / f"{jobs['train'][0][0]}.log").is_file()
 
-    got, want = final_weights(remote / RUN), final_weights(local / RUN)
+    want = final_weights(local / RUN)
     for name in want:
-        assert (got[name] - want[name]).abs().max() < 1e-4, name
-    uninterrupted["weights"] = got
+        assert (on_slurm.weights[name] - want[name]).abs().max() < 1e-4, name
 
     indexes = [json.loads((root / "results/samples/tiny/index.json").read_text()) for root in (remote, local)]
     def sample_set(index):
@@ -102,10 +109,8 @@ def test_the_chain_on_slurm_matches_a_local_run(built, small_cluster, uninterrup
     assert (remote / "results/report/tiny.html").stat().st_size > 0
 
 
-def test_a_time_limit_continues_in_new_jobs_with_the_same_weights(built, small_cluster, uninterrupted, tmp_path,
+def test_a_time_limit_continues_in_new_jobs_with_the_same_weights(built, on_slurm, small_cluster, tmp_path,
                                                                  monkeypatch):
-    if "weights" not in uninterrupted:
-        pytest.skip("needs the uninterrupted run of test_the_chain_on_slurm_matches_a_local_run")
     # A 3 min limit warned 120 s before: the signal comes 60 s into a job, or up to 30 s earlier (Slurm
     # checks once every 30 s), always before the ~100 s the STEPS take.
     monkeypatch.setenv("LONGVID_SLURM_TRAIN_RUNTIME", "3")
@@ -128,7 +133,7 @@ def test_a_time_limit_continues_in_new_jobs_with_the_same_weights(built, small_c
         assert "stop requested by SIGUSR1" in text and "reason=preempted" in text, text[-2000:]
     assert (repo / RUN / "wandb").is_dir(), "wandb ran (offline) in every attempt"
 
-    assert_same_weights(final_weights(repo / RUN), uninterrupted["weights"])
+    assert_same_weights(final_weights(repo / RUN), on_slurm.weights)
     report = tmp_path / "runtime.json"
     subprocess.run(["longvid", "runtime-report", str(repo / RUN / "logs"), "--json", str(report)], check=True,
                    capture_output=True, cwd=repo)
@@ -136,7 +141,7 @@ def test_a_time_limit_continues_in_new_jobs_with_the_same_weights(built, small_c
     assert totals["lost_steps"] == 0 and totals["restarts"] == len(jobs) - 1 and totals["final_step"] == STEPS
 
 
-def test_an_scancelled_train_job_is_not_retried_and_a_rerun_resumes(built, small_cluster, uninterrupted, tmp_path,
+def test_an_scancelled_train_job_is_not_retried_and_a_rerun_resumes(built, on_slurm, small_cluster, tmp_path,
                                                                    monkeypatch):
     monkeypatch.setenv("LONGVID_SLURM_TRAIN_RETRIES", "2")  # each refusal is a short job: two suffice here
     repo = clone(built, tmp_path / "repo")
@@ -170,5 +175,4 @@ def test_an_scancelled_train_job_is_not_retried_and_a_rerun_resumes(built, small
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-6000:]
     train_log = (repo / "results/logs/tiny/train.log").read_text()
     assert f"run start step={saved} " in train_log, train_log[-2000:]
-    if "weights" in uninterrupted:
-        assert_same_weights(final_weights(repo / RUN), uninterrupted["weights"])
+    assert_same_weights(final_weights(repo / RUN), on_slurm.weights)

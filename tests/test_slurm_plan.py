@@ -1,11 +1,12 @@
 """The cluster command's plan: `snakemake --profile profiles/slurm -n results/samples/5b_sft` gives the
 GPU jobs the resources README.md documents, and the size variables reshape them (no Slurm needed)."""
 
+import os
 import re
 import subprocess
 
 import pytest
-from conftest import REPO
+from conftest import REPO, copy_repo
 
 TARGET = "results/samples/5b_sft"
 METRICS = "results/eval/5b_sft/metrics.json"  # evaluate too
@@ -25,13 +26,21 @@ def documented() -> dict[str, dict[str, str]]:
     return table
 
 
-def plan(monkeypatch, **env: str) -> dict[str, dict]:
-    """{rule: {"resources": {...}, "shell": str}} of the dry run through profiles/slurm."""
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    return copy_repo(tmp_path_factory.mktemp("plan") / "repo")
+
+
+def plan(repo, monkeypatch, **env: str) -> dict[str, dict]:
+    """{rule: {"resources": {...}, "shell": str}} of the dry run through profiles/slurm, with only
+    `env` (and an account and partitions) of the LONGVID_SLURM_* variables set."""
+    for name in [n for n in os.environ if n.startswith("LONGVID_SLURM_")]:
+        monkeypatch.delenv(name)
     for name, value in {"LONGVID_SLURM_ACCOUNT": "myproject", "LONGVID_SLURM_PARTITION": "cpu",
                         "LONGVID_SLURM_GPU_PARTITION": "gpu", **env}.items():
         monkeypatch.setenv(name, value)
-    proc = subprocess.run(["snakemake", "--profile", "profiles/slurm", "-n", TARGET, METRICS], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(["snakemake", "--profile", "profiles/slurm", "-n", TARGET, METRICS], cwd=repo,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = {}
     for block in re.split(r"^rule ", proc.stdout, flags=re.M)[1:]:
@@ -42,8 +51,8 @@ def plan(monkeypatch, **env: str) -> dict[str, dict]:
     return jobs
 
 
-def test_the_gpu_jobs_are_the_documented_ones(monkeypatch):
-    table, jobs = documented(), plan(monkeypatch)
+def test_the_gpu_jobs_are_the_documented_ones(repo, monkeypatch):
+    table, jobs = documented(), plan(repo, monkeypatch)
     assert set(table) == {"encode", "train", "sample", "evaluate"}
     for rule, want in table.items():
         got = jobs[rule]["resources"]
@@ -64,8 +73,8 @@ def test_the_gpu_jobs_are_the_documented_ones(monkeypatch):
       "LONGVID_SLURM_TRAIN_WARNING": "600"},
      {"nodes": "1", "gpu": "1", "tasks": "1", "runtime": "240", "slurm_extra": "--signal=USR1@600"}, True),
 ], ids=["2-nodes-x-8-gpus", "one-gpu"])
-def test_site_variables_reshape_the_jobs(monkeypatch, env, train, single):
-    jobs = plan(monkeypatch, **env)
+def test_site_variables_reshape_the_jobs(repo, monkeypatch, env, train, single):
+    jobs = plan(repo, monkeypatch, **env)
     got = jobs["train"]["resources"]
     assert {k: got.get(k) for k in train} == train
     # One process in all: no mpi (the plugin refuses it with one task), the job's task is the trainer.

@@ -169,6 +169,16 @@ def experiment_prompts(wildcards):
     return experiment_cfg(wildcards.experiment)["sample"]["prompts"]
 
 
+def train_retries(default=10):
+    """LONGVID_SLURM_TRAIN_RETRIES: continuations a train run may take (one per time limit)."""
+    value = os.environ.get("LONGVID_SLURM_TRAIN_RETRIES") or str(default)
+    if not value.isdigit():
+        raise WorkflowError(
+            f"LONGVID_SLURM_TRAIN_RETRIES={value!r}: not a whole number of retries"
+        )
+    return int(value)
+
+
 def launcher(wildcards, resources):
     """How GPU jobs start their processes - `srun` from the Slurm profile (one task per GPU, any
     number of nodes), or a single local process."""

@@ -37,7 +37,7 @@ rule train:
     # allocation is ending when the trainer exits 75 at the time-limit warning): each continuation is
     # a new job. The trainer keeps every attempt's log in results/train/{experiment}/logs/. One retry per
     # expected continuation (a 24 h run in 4 h jobs: 5) plus a few for crashes; the README says more.
-    retries: 0 if workflow.remote_exec else int(os.environ.get("LONGVID_SLURM_TRAIN_RETRIES") or 10)
+    retries: 0 if workflow.remote_exec else train_retries()
     resources:
         # a retry after an scancelled attempt refuses in one line (longvid.train.retry_guard)
         attempt=lambda wildcards, attempt: attempt,

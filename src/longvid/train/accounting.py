@@ -70,9 +70,14 @@ def job_fields() -> dict:
     return fields
 
 
+# run_dir/logs/train-<start time>-job<Slurm job>.log (or -pid<pid>.log outside Slurm): attempt_log writes
+# it, retry_guard reads the previous attempt's job from it.
+ATTEMPT_LOG = re.compile(r"^train-\d{8}T\d{6}-job(?P<job>\d+)\.log$")
+
+
 @contextlib.contextmanager
 def attempt_log(run_dir: Path):
-    """Rank 0's log of this attempt, also into run_dir/logs/train-<start time>-<job or pid>.log."""
+    """Rank 0's log of this attempt, also into run_dir/logs (named as ATTEMPT_LOG says)."""
     if int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0) != 0:
         yield None
         return

@@ -6,32 +6,26 @@ from a job somebody cancelled (both are failed jobs to it), so it would resubmit
 The retry therefore looks up how the previous attempt's Slurm job ended and refuses, in one line,
 when Slurm says CANCELLED. A rerun that a person starts (attempt 1) always resumes.
 
-The previous job is read from the newest attempt log's name (accounting.attempt_log writes
-run_dir/logs/train-<time>-job<id>.log); its state from squeue (finished jobs stay listed for the
+The previous job is read from the newest attempt log's name (accounting.ATTEMPT_LOG); its state from squeue (finished jobs stay listed for the
 cluster's MinJobAge) or sacct. Where neither answers, the retry goes ahead: resuming is the safe side.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from pathlib import Path
 
 from longvid.io import InputError
-
-LOG_NAME = re.compile(r"^train-\d{8}T\d{6}-job(\d+)\.log$")
+from longvid.train.accounting import ATTEMPT_LOG
 
 
 def previous_job(run_dir: Path) -> str | None:
     """The Slurm job id of the newest attempt log in run_dir/logs that is not this job's."""
     this = os.environ.get("SLURM_JOB_ID")
-    logs = sorted(Path(run_dir, "logs").glob("train-*-job*.log"), key=lambda p: p.name)
-    for path in reversed(logs):
-        m = LOG_NAME.match(path.name)
-        if m and m.group(1) != this:
-            return m.group(1)
-    return None
+    names = sorted(p.name for p in Path(run_dir, "logs").glob("train-*.log"))
+    jobs = [m["job"] for m in map(ATTEMPT_LOG.match, names) if m]
+    return next((job for job in reversed(jobs) if job != this), None)
 
 
 def _first_word(cmd: list[str]) -> str | None:
