@@ -73,7 +73,7 @@ def test_a_valid_section_resolves_with_its_types_defaults(tmp_path, kind):
 def test_defaults_are_the_ones_adapters_relied_on():
     assert config.source({"type": "synthetic"}) == {"type": "synthetic", "num_videos": 12, "shots_per_video": 3,
                                                     "shot_seconds": [6.5, 8.0], "fps": 24, "width": 160,
-                                                    "height": 120, "seed": 0}
+                                                    "height": 120, "object_size": 0.125, "seed": 0}
     urls = config.source({"type": "urls", "urls": ["http://x/a.mp4"]})
     assert (urls["workers"], urls["retries"], urls["timeout_s"], urls["backoff_s"]) == (8, 4, 60, 1.0)
     assert config.source({"type": "local", "path": "p"})["workers"] == 4

@@ -28,7 +28,7 @@ EXP = "slurm-experiment.yaml"
 STEPS = 1200
 EXPERIMENT = {"experiments": {"tiny": {
     "train": {"steps": STEPS, "save_every": 200, "log_every": 20, "deterministic": True},
-    "sample": {"steps": 3}, "evaluate": {"val_clips": 2}}}}
+    "sample": {"steps": 3, "prompts": "tests/data/prompts-4.txt"}, "evaluate": {"val_clips": 2}}}}
 RUN = Path("results/train/tiny")
 WEIGHTS = RUN / "final/model.safetensors"
 

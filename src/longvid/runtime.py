@@ -102,7 +102,7 @@ def build_encoders(exp: dict) -> Encoders:
         vae = CogVideoXVAE.from_pretrained(v["path"], scale_factor=v["scale_factor"],
                                            encoder_window=v["encoder_window"], decoder_window=v["decoder_window"])
     if t["type"] == "tiny":
-        text = TinyTextEncoder(dim=t["dim"], max_length=t["max_length"], seed=t["seed"])
+        text = TinyTextEncoder(dim=t["dim"], max_length=t["max_length"], seed=t["seed"], tokenizer=t["tokenizer"])
     else:
         if not t["path"]:
             raise InputError("model.text.path: required for text.type=t5")

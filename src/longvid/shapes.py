@@ -37,13 +37,14 @@ def _mask(shape: str, h: int, w: int, cx: float, cy: float, r: float) -> np.ndar
     return (dy <= r) & (dy >= -r) & (np.abs(dx) <= (dy + r) / 2)
 
 
-def render_shot(shot: dict, n_frames: int, h: int, w: int) -> np.ndarray:
-    """Frames (n, h, w, 3) of one shot: the object crosses most of the frame in its direction."""
+def render_shot(shot: dict, n_frames: int, h: int, w: int, size: float = 0.125) -> np.ndarray:
+    """Frames (n, h, w, 3) of one shot: the object, of radius `size` x the short side, crosses the
+    frame in its direction and stops half a radius short of the border at either end."""
     frames = np.empty((n_frames, h, w, 3), np.uint8)
     frames[:] = BACKGROUNDS[shot["background"]]
-    r = min(h, w) / 8
+    r = min(h, w) * size
     vx, vy = DIRECTIONS[shot["direction"]]
-    span_x, span_y = (w - 4 * r), (h - 4 * r)
+    span_x, span_y = (w - 3 * r), (h - 3 * r)
     for i in range(n_frames):
         p = i / max(n_frames - 1, 1) - 0.5  # -0.5 .. 0.5 along the path
         cx = w / 2 + vx * p * span_x
@@ -52,6 +53,6 @@ def render_shot(shot: dict, n_frames: int, h: int, w: int) -> np.ndarray:
     return frames
 
 
-def render_video(path: Path, shots: list[dict], fps: float, h: int, w: int) -> None:
-    frames = np.concatenate([render_shot(s, s["end_frame"] - s["start_frame"], h, w) for s in shots])
+def render_video(path: Path, shots: list[dict], fps: float, h: int, w: int, size: float = 0.125) -> None:
+    frames = np.concatenate([render_shot(s, s["end_frame"] - s["start_frame"], h, w, size) for s in shots])
     encode_frames(path, frames, fps)

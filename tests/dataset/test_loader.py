@@ -168,8 +168,8 @@ def test_object_moves_as_the_ground_truth_says(clips, name):
     # where render_shot put the object in each sampled source frame, scaled 96x64 -> 72x48
     p = item["frame_indices"].numpy() / (row["num_frames"] - 1) - 0.5
     r = 64 / 8
-    expected = np.stack([(96 / 2 + vx * p * (96 - 4 * r) + 0.5) * 0.75 - 0.5,  # pixel centres scale
-                         (64 / 2 + vy * p * (64 - 4 * r) + 0.5) * 0.75 - 0.5], axis=1)
+    expected = np.stack([(96 / 2 + vx * p * (96 - 3 * r) + 0.5) * 0.75 - 0.5,  # pixel centres scale
+                         (64 / 2 + vy * p * (64 - 3 * r) + 0.5) * 0.75 - 0.5], axis=1)
     got = centroids(video)
     assert np.abs(got - expected).max() < 1.5
     travel = got[-1] - got[0]

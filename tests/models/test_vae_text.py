@@ -175,6 +175,20 @@ def test_truncation_is_counted_and_logged(caplog):
     assert torch.equal(enc([PROMPTS[1]]), enc([PROMPTS[1] + " and more and more"]))
 
 
+def test_word_tokens_put_each_word_at_one_position():
+    enc = TinyTextEncoder(max_length=12, tokenizer="words")
+    ids = enc.tokenizer(["a red circle moves left", "A yellow circle moves right."])["input_ids"]
+    assert len(ids[0]) == 6 and len(ids[1]) == 7  # five words (+ the full stop) and </s>
+    assert ids[0][2:4] == ids[1][2:4] and ids[0][4] != ids[1][4]  # "circle moves" in place; left != right
+    assert ids[1][0] == ids[0][0]  # lower-cased
+    e = enc(["a red circle moves left", "a red circle moves right"])
+    assert e.shape == (2, 12, 32) and not torch.allclose(e[0], e[1])
+    assert enc.encoder_id != TinyTextEncoder(max_length=12).encoder_id  # other latent-cache keys than bytes
+    assert enc.truncated_tokens(["one two three four five six seven eight nine ten eleven twelve"]) == [1]
+    with pytest.raises(InputError, match="text.tokenizer='chars'"):
+        TinyTextEncoder(tokenizer="chars")
+
+
 def test_t5_text_encoder_loads_local_directory(tmp_path):
     cfg = T5Config(vocab_size=384, d_model=24, d_kv=8, d_ff=48, num_layers=1, num_heads=3,
                    feed_forward_proj="gated-gelu", is_encoder_decoder=False)

@@ -8,13 +8,17 @@ encoder (`prompts_seen`, `prompts_truncated`, `tokens_truncated`) for reports.
 
 * `T5TextEncoder`: T5-v1.1-XXL (4096-d) from a local directory (the SAT `t5-v1_1-xxl` folder, or a
   CogVideoX diffusers directory with tokenizer/ and text_encoder/).
-* `TinyTextEncoder`: a byte-level (ByT5) tokenizer, which needs no files, and a small T5 encoder
-  initialised from a seed, so every machine computes the same embeddings without a download.
+* `TinyTextEncoder`: a tokenizer that needs no files — bytes (ByT5) or hashed words — and a small T5
+  encoder initialised from a seed, so every machine computes the same embeddings without a download.
+  Words put each word of a prompt at one token, as T5's own tokenizer mostly does; with bytes, a
+  longer colour word shifts every later word, so a small DiT must learn to parse spelling first.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import zlib
 from pathlib import Path
 
 import torch
@@ -82,20 +86,51 @@ class T5TextEncoder(TextEncoder):
         super().__init__(tokenizer, model, max_length, f"t5:{path.resolve()}:{dtype}")
 
 
+class WordTokenizer:
+    """Lower-cased words and punctuation marks, each hashed (CRC-32, the same on every machine) into
+    `vocab_size` ids; 0 pads, 1 ends a prompt (T5's ids). Called like a transformers tokenizer, for
+    the arguments `TextEncoder` uses."""
+
+    WORD = re.compile(r"\w+|[^\w\s]")
+
+    def __init__(self, vocab_size: int = 4096):
+        self.vocab_size = vocab_size
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def ids(self, prompt: str) -> list[int]:
+        words = self.WORD.findall(prompt.lower())
+        return [2 + zlib.crc32(w.encode()) % (self.vocab_size - 2) for w in words] + [1]
+
+    def __call__(self, prompts: list[str], padding=None, max_length: int | None = None, truncation: bool = False,
+                 return_tensors: str | None = None) -> dict:
+        out = [self.ids(p) for p in prompts]
+        if truncation:
+            out = [ids[:max_length] for ids in out]
+        if padding == "max_length":
+            out = [ids + [0] * (max_length - len(ids)) for ids in out]
+        return {"input_ids": torch.tensor(out) if return_tensors == "pt" else out}
+
+
 class TinyTextEncoder(TextEncoder):
     def __init__(self, dim: int = 32, max_length: int = 16, num_layers: int = 2, num_heads: int = 4,
-                 seed: int = 0):
+                 seed: int = 0, tokenizer: str = "bytes"):
         from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
 
         if dim % num_heads:
             raise InputError(f"text.dim={dim}: must be divisible by text.num_heads={num_heads}")
-        tokenizer = ByT5Tokenizer()
-        # len(tokenizer) is 384 (256 bytes + 3 specials + 125 sentinel ids), more than its vocab_size says.
+        if tokenizer not in ("bytes", "words"):
+            raise InputError(f"text.tokenizer={tokenizer!r}: must be bytes or words")
+        kind, tokenizer = tokenizer, ByT5Tokenizer() if tokenizer == "bytes" else WordTokenizer()
+        # len(tokenizer) is 384 for ByT5 (256 bytes + 3 specials + 125 sentinel ids), more than its
+        # vocab_size says.
         cfg = T5Config(vocab_size=len(tokenizer), d_model=dim, d_kv=dim // num_heads, d_ff=2 * dim,
                        num_layers=num_layers, num_heads=num_heads, feed_forward_proj="gated-gelu",
                        is_encoder_decoder=False, dropout_rate=0.0)
         with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
             torch.manual_seed(seed)
             model = T5EncoderModel(cfg)
+        words = "" if kind == "bytes" else ":words"  # byte encoders keep their id (and latent caches)
         super().__init__(tokenizer, model, max_length,
-                         f"tiny-t5:d{dim}:l{num_layers}:h{num_heads}:seed{seed}")
+                         f"tiny-t5:d{dim}:l{num_layers}:h{num_heads}:seed{seed}{words}")
