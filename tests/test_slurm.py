@@ -113,3 +113,17 @@ def test_data_half_on_slurm_gives_the_local_profiles_dataset(slurm, cluster_env,
     clips = [{p.name: p.read_bytes() for p in (root / "data/datasets/shapes/clips").glob("*.mp4")}
              for root in (remote, local)]
     assert clips[0] == clips[1] and len(clips[0]) == 6, "the same clips, byte for byte"
+
+
+def test_a_data_job_retried_after_running_out_of_memory_asks_for_twice_the_memory(slurm, cluster_env, tmp_path):
+    # A rule named like the profile's `fetch` gets its set-resources; attempt 1 plays an OOM kill.
+    assert str(profile_resources("fetch")["mem_mb"]).replace(" ", "") == "8000*attempt"
+    (tmp_path / "Snakefile").write_text(
+        'rule fetch:\n    output: "done.txt"\n    threads: 1\n'
+        '    shell: "mem=$(squeue -h -j $SLURM_JOB_ID -o %m); echo $mem >> memory.txt; '
+        '[ $mem = 16000M ] || exit 137; touch {output}"\n')
+    # --retries: the test profile turns the profile's retry off for the other tests
+    proc = run_on_slurm(tmp_path, "--max-threads", str(slurm.cpus), "--retries", "1")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert (tmp_path / "memory.txt").read_text().split() == ["8000M", "16000M"]  # what Slurm gave each attempt
+    assert [state for _, state, _ in jobs_of(cluster_env)["fetch"]] == ["FAILED", "COMPLETED"]
