@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import longvid.models.mamba2 as lv_mamba2
 from longvid.models.mamba2 import Mamba2, RMSNormGated, ssd_chunked, ssd_reference
 
 
@@ -51,6 +52,17 @@ def test_chunked_scan_equals_recurrence(L, ngroups):
     w, v = torch.randn_like(y), torch.randn_like(state)
     g_ref = torch.autograd.grad((y_ref * w).sum() + (state_ref * v).sum(), args)
     g = torch.autograd.grad((y * w).sum() + (state * v).sum(), args)
+    for name, a, b in zip(["x", "dt", "A", "B", "C"], g, g_ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-9, msg=f"grad {name}")
+
+
+def test_gradient_of_the_final_state_alone():
+    """Only the state used (no gradient reaches y): the scan's backward without an output gradient."""
+    args = scan_inputs(37, 2)
+    v = torch.randn(2, 4, 8, 6, dtype=torch.float64)
+    g_ref = torch.autograd.grad((ssd_reference(*args, return_final_state=True)[1] * v).sum(), args,
+                                materialize_grads=True)  # C only reaches y
+    g = torch.autograd.grad((ssd_chunked(*args, chunk_size=16, return_final_state=True)[1] * v).sum(), args)
     for name, a, b in zip(["x", "dt", "A", "B", "C"], g, g_ref):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-9, msg=f"grad {name}")
 
@@ -167,18 +179,69 @@ def reference_mixer(m: Mamba2, u: torch.Tensor) -> torch.Tensor:
     return F.linear(y, m.out_proj.weight, m.out_proj.bias)
 
 
-@pytest.mark.parametrize("variant", [
+OPTIONS = [
     {},
     {"ngroups": 2, "norm_before_gate": True},
     {"rmsnorm": False, "D_has_hdim": True},
     {"d_ssm": 32, "bias": True},  # gated-MLP channels beside the SSM ones
     {"dt_limit": (0.02, 0.2), "conv_bias": False},
-])
+]
+
+
+@pytest.mark.parametrize("variant", OPTIONS)
 def test_options_match_reference_mixer(variant):
     torch.manual_seed(0)
     m = randomize(Mamba2(32, d_state=8, headdim=8, chunk_size=8, use_kernels=False, **variant).double())
     u = torch.randn(2, 19, 32, dtype=torch.float64)
     torch.testing.assert_close(m(u), reference_mixer(m, u), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("variant", OPTIONS)
+def test_option_gradients_match_reference_mixer(variant):
+    """The hand-written backwards (conv, scan, skip + gated norm) against autograd through the recurrence."""
+    torch.manual_seed(0)
+    m = randomize(Mamba2(32, d_state=8, headdim=8, chunk_size=8, use_kernels=False, **variant).double())
+    u = torch.randn(2, 19, 32, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 19, 32, dtype=torch.float64)
+    names, params = zip(*[("u", u), *m.named_parameters()])
+    got = torch.autograd.grad((m(u) * w).sum(), params)
+    want = torch.autograd.grad((reference_mixer(m, u) * w).sum(), params)
+    for name, a, b in zip(names, got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10, msg=f"grad {name}")
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("block", [1, 40, 1 << 18])  # elements per block: 1 row, a few rows, one block
+def test_causal_conv_in_row_blocks(monkeypatch, block, bias):
+    """The blocked depthwise conv + silu against nn.Conv1d, outputs and gradients, whatever the block."""
+    monkeypatch.setattr(lv_mamba2, "ROW_BLOCK", block)
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(5, 5, 4, groups=5, padding=3, bias=bias).double()
+    src = torch.randn(2, 11, 7, dtype=torch.float64, requires_grad=True)
+    x = src[..., 1:6]  # strided, as a slice of in_proj's output
+    ref = F.silu(conv(x.transpose(1, 2))[..., :11].transpose(1, 2))
+    outs = lv_mamba2.CausalConv1dSiLU.apply(x, conv.weight, conv.bias, [2, 1, 2])
+    torch.testing.assert_close(torch.cat(outs, -1), ref, rtol=0, atol=1e-12)
+    w = [torch.randn_like(o) for o in outs]
+    params = [src, *conv.parameters()]
+    got = torch.autograd.grad(sum((o * wi).sum() for o, wi in zip(outs, w)), params)
+    want = torch.autograd.grad((ref * torch.cat(w, -1)).sum(), params)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_row_blocks_do_not_change_the_mixer(monkeypatch):
+    """Conv and gated norm in blocks of one row give the one-block mixer's output and gradients."""
+    torch.manual_seed(0)
+    m = randomize(Mamba2(32, d_state=8, headdim=8, ngroups=2, chunk_size=8, use_kernels=False).double())
+    u, w = torch.randn(2, 19, 32, dtype=torch.float64), torch.randn(2, 19, 32, dtype=torch.float64)
+    want = forward_and_grads(m, u, w)
+    monkeypatch.setattr(lv_mamba2, "ROW_BLOCK", 1)
+    got = forward_and_grads(m, u, w)
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(got[1], want[1], rtol=0, atol=1e-12)
+    for k in want[2]:
+        torch.testing.assert_close(got[2][k], want[2][k], rtol=0, atol=1e-11, msg=f"grad {k}")
 
 
 def test_gated_mlp_channels_come_first():

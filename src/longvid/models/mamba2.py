@@ -12,18 +12,14 @@ state dicts load either way (transformers' `Mamba2Mixer` uses the same names too
     out_proj  Linear(d_inner -> d_model)
 
 On a CUDA tensor with mamba_ssm installed the forward goes to its fused Triton/CUDA kernels; anywhere
-else (CPU machines, tests, `use_kernels=False`) it runs the chunked SSD scan below.
-
-Shapes: b batch, L sequence, h heads, p head dim, g groups (heads share B and C within a group),
-n state size, c chunks of l steps. Per head the scan is
-    state_t = exp(dt_t * A) * state_{t-1} + dt_t * x_t B_t^T          y_t = state_t C_t (+ D * x_t)
-`ssd_reference` writes that recurrence out step by step; `ssd_chunked` computes the same thing with
-exact attention-like products inside each chunk and one state hand-over per chunk (Mamba2 paper §6).
+else (CPU machines, tests, `use_kernels=False`) it runs the chunked SSD scan of ssd.py, with the
+causal conv and the gated norm below, all three with hand-written backwards.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from types import SimpleNamespace
 
@@ -31,89 +27,86 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from longvid.models.ssd import ssd_chunked, ssd_reference  # noqa: F401 - ssd_reference re-exported
 
 # The chunk only changes how the scan is computed, never its result. The kernels want 256; in PyTorch
 # the work inside chunks grows with the chunk (O(L * chunk * (d_state + headdim))) while the chunk
-# hand-overs are few and cheap, and 64 measured fastest (2.4x faster than 256 on CPU at the seed's
-# d_state 128, forward + backward over 9.5k tokens).
+# hand-overs are few and cheap, and 64 measured fastest on CPU at the seed's d_state 128, forward +
+# backward over 9.5k tokens (48 and 80 within 3 %, 128 17 % slower, 256 2.4x slower).
 TORCH_SCAN_CHUNK = 64
+# Elements per block of rows for the conv and the gated norm on CPU: 1 MiB in fp32, so that a block's
+# chain of elementwise ops runs in cache rather than one pass over memory per op (measured best of
+# 2^15..2^20 at the seed's widths).
+ROW_BLOCK = 1 << 18
 
 
-def ssd_reference(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                  return_final_state: bool = False):
-    """The SSM recurrence one step at a time (slow; the definition the chunked scan must match).
+class CausalConv1dSiLU(torch.autograd.Function):
+    """silu(depthwise causal conv1d) on (b, L, channels), the layout in_proj gives and the scan wants.
 
-    x (b,L,h,p), dt (b,L,h) positive steps, A (h,) negative, B and C (b,L,g,n) -> y (b,L,h,p),
-    without the D skip term; and the last state (b,h,p,n) if asked.
+    nn.Conv1d needs (b, channels, L): its transposes made silu's backward and the conv's backward
+    (which also fills and slices a padded gradient) run over channel-strided memory, 30 % of the
+    mixer's time. Here the conv is d_conv multiply-adds of shifted rows, block by block over time so
+    that the passes (and the weight gradient's products) hit the cache, not memory; the backward
+    recomputes each block rather than keeping the pre-activation. Computed in at least fp32 (as
+    causal-conv1d does inside), returned in the input dtype, one tensor per channel group of `sizes`
+    (x, B, C) so that their gradients need no assembling.
     """
-    b, L, h, p = x.shape
-    heads_per_group = h // B.shape[2]
-    B = B.repeat_interleave(heads_per_group, dim=2)
-    C = C.repeat_interleave(heads_per_group, dim=2)
-    state = x.new_zeros(b, h, p, B.shape[-1])
-    ys = []
-    for t in range(L):
-        decay = torch.exp(dt[:, t] * A)[..., None, None]
-        state = decay * state + (dt[:, t, :, None] * x[:, t])[..., None] * B[:, t, :, None, :]
-        ys.append(torch.einsum("bhpn,bhn->bhp", state, C[:, t]))
-    y = torch.stack(ys, dim=1)
-    return (y, state) if return_final_state else y
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sizes: list[int]):
+        b, L, ch = x.shape
+        ct = torch.promote_types(x.dtype, torch.float32)
+        xc, w = x.to(ct), weight.to(ct).view(ch, -1).t()  # w[k] multiplies x[t - (K - 1) + k]
+        outs = [xc.new_empty(b, L, size) for size in sizes]
+        for t0, t1 in _row_blocks(x):
+            y = _conv_rows(xc, w, bias, t0, t1)
+            for out, ys in zip(outs, y.split(sizes, -1)):
+                torch.ops.aten.silu.out(ys, out=out[:, t0:t1])
+        ctx.save_for_backward(xc, weight, bias)
+        return tuple(out.to(x.dtype) for out in outs)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):
+        xc, weight, bias = ctx.saved_tensors
+        b, L, ch = xc.shape
+        K = weight.shape[-1]
+        w = weight.to(xc.dtype).view(ch, K).t()
+        gx = torch.empty_like(xc)
+        gw = xc.new_zeros(K, ch)
+        gb = xc.new_zeros(ch)
+        halo = None  # the first K - 1 rows of gy after the current block
+        for t0, t1 in reversed(_row_blocks(xc)):
+            grad = torch.cat([g[:, t0:t1] for g in grads], -1).to(xc.dtype)
+            gyb = torch.ops.aten.silu_backward(grad, _conv_rows(xc, w, bias, t0, t1))
+            gb += gyb.sum((0, 1))
+            for s in range(min(K, t1)):
+                lo = max(t0, s)
+                gw[K - 1 - s] += torch.linalg.vecdot(gyb[:, lo - t0:], xc[:, lo - s:t1 - s], dim=1).sum(0)
+            ext = gyb if halo is None else torch.cat([gyb, halo], 1)
+            torch.mul(gyb, w[-1], out=gx[:, t0:t1])
+            for s in range(1, min(K, ext.shape[1])):  # gx[t] += w[K - 1 - s] gy[t + s]
+                n = min(t1 - t0, ext.shape[1] - s)
+                gx[:, t0:t0 + n].addcmul_(ext[:, s:s + n], w[K - 1 - s])
+            halo = ext[:, :K - 1]
+        gw = gw.t().reshape(weight.shape).to(weight.dtype)
+        return gx.to(grads[0].dtype), gw, None if bias is None else gb.to(bias.dtype), None
 
 
-def ssd_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                chunk_size: int, return_final_state: bool = False):
-    """Chunked SSD scan: same arguments and results as `ssd_reference`, O(L * chunk_size) work.
+def _conv_rows(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, t0: int, t1: int) -> torch.Tensor:
+    """Rows t0:t1 of the causal conv of x (b, L, ch) with taps w (K, ch), before the activation."""
+    K = w.shape[0]
+    y = x[:, t0:t1] * w[-1] if bias is None else torch.addcmul(bias.to(x.dtype), x[:, t0:t1], w[-1])
+    for s in range(1, min(K, t1)):  # taps reaching s steps back; rows before 0 are zeros
+        lo = max(t0, s)
+        y[:, lo - t0:].addcmul_(x[:, lo - s:t1 - s], w[K - 1 - s])
+    return y
 
-    Any L works: the tail is padded to a whole chunk and cut off again. Padded steps come after all
-    real ones, so causality keeps them out of y; dt = 0 makes them no-ops (decay exp(0) = 1, input
-    dt * x = 0) so that the final state is exact too.
-    """
-    b, L, h, p = x.shape
-    g, n = B.shape[-2:]
-    hg = h // g
-    l = min(chunk_size, L)
-    pad = -L % l
-    if pad:
-        x, dt, B, C = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x, dt, B, C))
-    c = (L + pad) // l
 
-    # heads split as (group, head in group): B and C are used per group, never copied per head
-    xdt = (x * dt[..., None]).view(b, c, l, g, hg, p).permute(0, 1, 3, 4, 2, 5)  # (b,c,g,hg,l,p)
-    Bt = B.view(b, c, l, g, n).transpose(2, 3)  # (b,c,g,l,n)
-    Ct = C.view(b, c, l, g, n).transpose(2, 3)
-    # log-decay from the chunk start through step l, (b,c,g,hg,l). Decays between two steps are
-    # differences of it, as in mamba_ssm's Triton kernels: cheaper than ssd_minimal's masked segment
-    # sums, and in fp32 the cancellation error stays small for chunks of a few hundred steps.
-    a_cum = (dt * A).view(b, c, l, g, hg).permute(0, 1, 3, 4, 2).cumsum(dim=-1)
-
-    # 1. inside each chunk: y_l = sum_{s<=l} (C_l . B_s) exp(a_cum_l - a_cum_s) dt_s x_s.
-    # The causal mask is added as -inf (exp -> 0); "+ (-a)" rather than "- a" and no masked_fill keep
-    # the backward to a few passes over the (l, l) tensors, the most expensive ones here.
-    upper = torch.full((l, l), -math.inf, dtype=a_cum.dtype, device=x.device).triu(1)
-    decay = ((a_cum[..., :, None] + upper) + (-a_cum)[..., None, :]).exp()  # (b,c,g,hg,l,s)
-    scores = Ct @ Bt.transpose(-1, -2)  # (b,c,g,l,s), once per group
-    y = (scores[:, :, :, None] * decay) @ xdt  # (b,c,g,hg,l,p)
-
-    # 2. each chunk's own contribution to the state at its end: (b,c,g,hg,p,n). The heads of a group
-    # are stacked into one matrix (hg*p rows) rather than broadcasting B over them, which would copy it.
-    decay_to_end = (a_cum[..., -1:] - a_cum).exp()[..., None]
-    x_end = (xdt * decay_to_end).transpose(-1, -2).reshape(b, c, g, hg * p, l)
-    chunk_states = (x_end @ Bt).view(b, c, g, hg, p, n)
-
-    # 3. hand the state over from chunk to chunk (c = L / l steps). unbind rather than [:, k]: indexing
-    # would make backward fill a zero gradient of the full size once per chunk.
-    state = torch.zeros_like(chunk_states[:, 0])
-    starts = []
-    for decay_k, states_k in zip(a_cum[..., -1].exp()[..., None, None].unbind(1), chunk_states.unbind(1)):
-        starts.append(state)
-        state = decay_k * state + states_k
-    starts = torch.stack(starts, dim=1)
-
-    # 4. what the state at each chunk's start adds to its outputs (heads stacked again: (b,c,g,l,hg,p))
-    y_start = (Ct @ starts.permute(0, 1, 2, 5, 3, 4).reshape(b, c, g, n, hg * p)).view(b, c, g, l, hg, p)
-    y = y.transpose(3, 4) + y_start * a_cum.exp().transpose(3, 4)[..., None]  # (b,c,g,l,hg,p)
-    y = y.transpose(2, 3).reshape(b, c * l, h, p)[:, :L]
-    return (y, state.view(b, h, p, n)) if return_final_state else y
+def _row_blocks(x: torch.Tensor) -> list[tuple[int, int]]:
+    """Ranges over dim 1 of (b, L, C) of about ROW_BLOCK elements on CPU (one range elsewhere)."""
+    L = x.shape[1]
+    rows = L if x.device.type != "cpu" else max(1, ROW_BLOCK // (x.shape[0] * x.shape[2]))
+    return [(t0, min(t0 + rows, L)) for t0 in range(0, L, rows)]
 
 
 class RMSNormGated(nn.Module):
@@ -142,6 +135,57 @@ class RMSNormGated(nn.Module):
         if z is not None and self.norm_before_gate:
             x = x * F.silu(z.to(ct))
         return x.to(dtype)
+
+
+class _SkipGateNorm(torch.autograd.Function):
+    """rmsnorm((y + D x) * silu(z)) * weight per group: the D skip and Mamba2's gated norm
+    (norm_before_gate=False) in one, block by block over rows with a hand-written backward.
+
+    As separate ops each step was a pass over memory (and autograd's backward twice as many); per
+    block of rows they run in cache, and the backward recomputes the cheap products instead of
+    keeping them. y, x, z: (b, L, d); D, weight: (d,).
+    """
+
+    @staticmethod
+    def forward(ctx, y, x, D, z, weight, eps, group_size):
+        b, L, d = y.shape
+        gv = (b, -1, d // group_size, group_size)
+        w = weight.to(y.dtype).view(gv[2:])
+        r = y.new_empty(b, L, d // group_size, 1)  # 1 / rms per group
+        out = torch.empty_like(y)
+        for t0, t1 in _row_blocks(y):
+            v = torch.addcmul(y[:, t0:t1], x[:, t0:t1], D).mul_(F.silu(z[:, t0:t1].to(y.dtype))).view(gv)
+            rb = torch.rsqrt(torch.linalg.vecdot(v, v)[..., None].div_(group_size).add_(eps), out=r[:, t0:t1])
+            torch.mul(v, rb, out=out[:, t0:t1].view(gv)).mul_(w)
+        ctx.save_for_backward(y, x, D, z, weight, r)
+        ctx.group_size = group_size
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, x, D, z, weight, r = ctx.saved_tensors
+        b, L, d = y.shape
+        gs = ctx.group_size
+        gv_shape = (b, -1, d // gs, gs)
+        w = weight.to(y.dtype).view(gv_shape[2:])
+        gy, gx, gz = torch.empty_like(y), torch.empty_like(y), torch.empty_like(y)
+        gw, gD = y.new_zeros(d), y.new_zeros(d)
+        for t0, t1 in _row_blocks(y):
+            zb, rb = z[:, t0:t1].to(y.dtype), r[:, t0:t1]
+            u = torch.addcmul(y[:, t0:t1], x[:, t0:t1], D)
+            sz = F.silu(zb)
+            v = (u * sz).view(gv_shape)
+            g = grad[:, t0:t1].to(y.dtype).view(gv_shape)
+            q = g * v
+            gw += (q * rb).sum((0, 1)).flatten()
+            # out = v r w with r = (mean(v^2) + eps)^-1/2: dv = r w dout - v r^3 mean(w dout v)
+            coef = torch.linalg.vecdot(q, w)[..., None].mul_(rb.pow(3)).div_(-gs)
+            dv = (g * w).mul_(rb).addcmul_(v, coef).view(u.shape)
+            gu = torch.mul(dv, sz, out=gy[:, t0:t1])
+            torch.ops.aten.silu_backward.grad_input(dv.mul_(u), zb, grad_input=gz[:, t0:t1])
+            torch.mul(gu, D, out=gx[:, t0:t1])
+            gD += torch.linalg.vecdot(gu, x[:, t0:t1], dim=1).sum(0)
+        return gy, gx, gD.to(D.dtype), gz.to(z.dtype), gw.to(weight.dtype), None, None
 
 
 @functools.cache
@@ -221,12 +265,15 @@ class Mamba2(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         kernels = _cuda_kernels() if self.use_kernels and u.is_cuda else None
-        zxbcdt = self.in_proj(u)
         A = -torch.exp(self.A_log.float())
         dt_limit = {} if self.dt_limit == (0.0, float("inf")) else {"dt_limit": self.dt_limit}
+        gn = self.ngroups * self.d_state
+        d_mlp = self.d_inner - self.d_ssm
+        sizes = [d_mlp, d_mlp, self.d_ssm, self.d_ssm + 2 * gn, self.nheads]
         if kernels is not None and kernels.split_conv1d_scan is not None and self.use_mem_eff_path:
             return kernels.split_conv1d_scan(
-                zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias, A, D=self._D(),
+                self.in_proj(u), self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias, A,
+                D=self._D(),
                 chunk_size=self.chunk_size, activation=self.activation,
                 rmsnorm_weight=self.norm.weight if self.rmsnorm else None,
                 rmsnorm_eps=self.norm.eps if self.rmsnorm else 1e-6,
@@ -234,39 +281,46 @@ class Mamba2(nn.Module):
                 headdim=None if self.D_has_hdim else self.headdim, ngroups=self.ngroups,
                 norm_before_gate=self.norm_before_gate, **dt_limit)
 
-        L = u.shape[1]
-        gn = self.ngroups * self.d_state
-        d_mlp = self.d_inner - self.d_ssm
-        z0, x0, z, xBC, dt = zxbcdt.split([d_mlp, d_mlp, self.d_ssm, self.d_ssm + 2 * gn, self.nheads], dim=-1)
-        xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :L].transpose(1, 2))  # causal: keep the first L
-        x, B, C = xBC.split([self.d_ssm, gn, gn], dim=-1)
+        # in_proj as one matmul per piece: no (b, L, 772) output whose gradient a cat has to assemble
+        # from the pieces' (a pass over it), and products 256 and 512 wide run faster than 772
+        W, bias = self.in_proj.weight, self.in_proj.bias
+        z0, x0, z, xBC, dt = (F.linear(u, W[end - n:end], None if bias is None else bias[end - n:end])
+                              for n, end in zip(sizes, itertools.accumulate(sizes)))
+        x, B, C = CausalConv1dSiLU.apply(xBC, self.conv1d.weight, self.conv1d.bias, [self.d_ssm, gn, gn])
         x = x.unflatten(-1, (self.nheads, self.headdim))
         B, C = B.unflatten(-1, (self.ngroups, self.d_state)), C.unflatten(-1, (self.ngroups, self.d_state))
         if kernels is not None:
             y = kernels.chunk_scan(x, dt, A, B, C, chunk_size=self.chunk_size, D=self._D(),
                                    z=None if self.rmsnorm else z.unflatten(-1, (self.nheads, self.headdim)),
-                                   dt_bias=self.dt_bias, dt_softplus=True, **dt_limit)
+                                   dt_bias=self.dt_bias, dt_softplus=True, **dt_limit).flatten(-2)
+            y = self.norm(y, z) if self.rmsnorm else y
         else:
-            # The scan runs in fp32 whatever the input dtype, as mamba_ssm's kernels do inside: in bf16
-            # the running sum of dt*A over a chunk (values up to hundreds) keeps ~3 significant digits,
-            # a large relative error once exponentiated, and the state accumulates over the whole
-            # sequence. Autocast is switched off too, or it would run the matmuls in bf16 anyway.
-            ct = torch.promote_types(u.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
-            with torch.autocast(u.device.type, enabled=False):
-                dt = F.softplus(dt.to(ct) + self.dt_bias.to(ct))
-                if dt_limit:
-                    dt = dt.clamp(*self.dt_limit)
-                x = x.to(ct)
-                y = ssd_chunked(x, dt, -torch.exp(self.A_log.to(ct)), B.to(ct), C.to(ct),
-                                min(self.chunk_size, TORCH_SCAN_CHUNK))
-                D = self._D().to(ct)
-                y = y + x * (D[:, None] if D.dim() == 1 else D)
-                if not self.rmsnorm:
-                    y = y * F.silu(z.to(ct).unflatten(-1, (self.nheads, self.headdim)))
-        y = y.flatten(-2)
-        if self.rmsnorm:
-            y = self.norm(y, z)
+            y = self._torch_ssm(x, dt, B, C, z)
         y = y.to(u.dtype)
         if d_mlp > 0:
             y = torch.cat([F.silu(z0) * x0, y], dim=-1)
         return self.out_proj(y)
+
+    def _torch_ssm(self, x, dt, B, C, z) -> torch.Tensor:
+        """The scan, D skip and gate (and norm) in PyTorch -> (b, L, d_ssm).
+
+        The scan runs in fp32 whatever the input dtype, as mamba_ssm's kernels do inside: in bf16 the
+        running sum of dt*A over a chunk (values up to hundreds) keeps ~3 significant digits, a large
+        relative error once exponentiated, and the state accumulates over the whole sequence.
+        Autocast is switched off too, or it would run the matmuls in bf16 anyway.
+        """
+        ct = torch.promote_types(x.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
+        with torch.autocast(x.device.type, enabled=False):
+            dt = F.softplus(dt.to(ct) + self.dt_bias.to(ct))
+            if self.dt_limit != (0.0, float("inf")):
+                dt = dt.clamp(*self.dt_limit)
+            x = x.to(ct)
+            y = ssd_chunked(x, dt, -torch.exp(self.A_log.to(ct)), B.to(ct), C.to(ct),
+                            min(self.chunk_size, TORCH_SCAN_CHUNK))
+            D = self._D().to(ct)
+            D = (D[:, None] if D.dim() == 1 else D).expand(self.nheads, self.headdim).flatten()
+            if self.rmsnorm and not self.norm_before_gate:  # Mamba2's default
+                return _SkipGateNorm.apply(y.flatten(-2), x.flatten(-2), D, z, self.norm.weight,
+                                           self.norm.eps, self.norm.group_size)
+            y = y.flatten(-2) + x.flatten(-2) * D
+            return self.norm(y, z) if self.rmsnorm else y * F.silu(z.to(ct))
