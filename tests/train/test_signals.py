@@ -21,6 +21,8 @@ from longvid.train.checkpoint import CheckpointManager
 from longvid.train.signals import EXIT_PREEMPTED, PreemptionHandler
 
 
+# signal.raise_signal, not os.kill(getpid): a signal sent to the process may land on another thread
+# (torch's workers), and Python then runs its handler a few bytecodes later, after the check (seen in CI).
 def test_sigterm_and_sigusr1_set_the_flag_and_handlers_are_restored():
     def mine(signum, frame):
         pass
@@ -29,9 +31,9 @@ def test_sigterm_and_sigusr1_set_the_flag_and_handlers_are_restored():
     try:
         with PreemptionHandler() as stop:
             assert not stop.should_stop()
-            os.kill(os.getpid(), signal.SIGUSR1)
+            signal.raise_signal(signal.SIGUSR1)
             assert stop.requested and stop.should_stop() and stop.signal_name == "SIGUSR1"
-            os.kill(os.getpid(), signal.SIGTERM)  # a later signal does not kill the process
+            signal.raise_signal(signal.SIGTERM)  # a later signal does not kill the process
             assert stop.signal_name == "SIGUSR1"
         assert signal.getsignal(signal.SIGUSR1) is mine
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
@@ -42,12 +44,12 @@ def test_sigterm_and_sigusr1_set_the_flag_and_handlers_are_restored():
 def test_sigint_is_left_alone_unless_asked_and_a_second_one_aborts():
     with PreemptionHandler():
         with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
     with PreemptionHandler(catch_sigint=True) as stop:
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
         assert stop.requested
         with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
