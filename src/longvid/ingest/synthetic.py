@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 # Bumped when the same settings render other pixels (2: the object stops half a radius from the border).
 RENDERER_VERSION = 2
 
+
 def plan_video(rng: np.random.Generator, n_shots: int, seconds: tuple[float, float], fps: float) -> list[dict]:
     shots, start, last_bg = [], 0, None
     for _ in range(n_shots):
