@@ -128,6 +128,7 @@ EXPERIMENT = "config/experiments/tiny.yaml"
     # the windows of 4 that fit 49 frames (13 latent) do not fit 57 (15): the data decides
     ({"data": {"num_frames": 57}}, r"model\.overrides\.attn_window=4: .*data\.num_frames=57 gives 15 latent frames"),
     ({"data": {"height": 68}}, r"data\.height/width: 68x64 is not a multiple of the VAE's 8x"),
+    ({"model": {"text": {"type": "t5", "path": "t5"}}}, r"model\.text\.tokenizer=words: only the tiny encoder"),
     ({"data": {"buckets": [[49, 64, 64], [25, 64, 64]], "max_tokens": 4096}},
      r"data\.buckets\[1\] \(25 frames\): model\.overrides\.attn_window=4: must divide"),
 ])

@@ -195,6 +195,9 @@ def check_model(cfg: dict, where: str) -> None:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {close[0]}?)" if close else " (see longvid/models/config.py)"
             raise InputError(f"{where}: model.overrides.{key}: unknown key{hint}")
+    if m["text"]["type"] == "t5" and m["text"]["tokenizer"] != "bytes":
+        raise InputError(f"{where}: model.text.tokenizer={m['text']['tokenizer']}: only the tiny encoder "
+                         "takes one (t5 uses the tokenizer in model.text.path)")
     t, s, channels = VAE_GEOMETRY[m["vae"]["type"]]
     if d["height"] % s or d["width"] % s:
         raise InputError(f"{where}: data.height/width: {d['height']}x{d['width']} is not a multiple of "

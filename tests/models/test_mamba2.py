@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 import longvid.models.mamba2 as lv_mamba2
-from longvid.models.mamba2 import Mamba2, RMSNormGated, ssd_chunked, ssd_reference
+from longvid.models.mamba2 import Mamba2, RMSNormGated
+from longvid.models.ssd import ssd_chunked, ssd_reference
 
 
 def randomize(model: torch.nn.Module, seed: int = 0, scale: float = 0.1) -> torch.nn.Module:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from longvid.models.ssd import ssd_chunked, ssd_reference  # noqa: F401 - ssd_reference re-exported
+from longvid.models.ssd import ssd_chunked
 
 # The chunk only changes how the scan is computed, never its result. The kernels want 256; in PyTorch
 # the work inside chunks grows with the chunk (O(L * chunk * (d_state + headdim))) while the chunk
