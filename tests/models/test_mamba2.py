@@ -214,7 +214,8 @@ def test_option_gradients_match_reference_mixer(variant):
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("block", [1, 40, 1 << 18])  # elements per block: 1 row, a few rows, one block
 def test_causal_conv_in_row_blocks(monkeypatch, block, bias):
-    """The blocked depthwise conv + silu against nn.Conv1d, outputs and gradients, whatever the block."""
+    """The depthwise conv + silu (weight gradient in blocks) against nn.Conv1d, outputs and gradients,
+    whatever the block."""
     monkeypatch.setattr(lv_mamba2, "ROW_BLOCK", block)
     torch.manual_seed(0)
     conv = torch.nn.Conv1d(5, 5, 4, groups=5, padding=3, bias=bias).double()

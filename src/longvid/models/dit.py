@@ -99,9 +99,10 @@ class Gate(nn.Module):
         self.fn = fn
         self.gating_alpha = nn.Parameter(torch.full((dim,), float(init)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """h + alpha x, as one op (a pass over the activations fewer, forward and backward)."""
         alpha = torch.tanh(self.gating_alpha) if self.fn == "tanh" else self.gating_alpha
-        return alpha * x
+        return torch.addcmul(h, alpha, x)
 
 
 class DiTBlock(nn.Module):
@@ -139,9 +140,9 @@ class DiTBlock(nn.Module):
 
     def _scan(self, h: torch.Tensor, L: int) -> torch.Tensor:
         if self.parallel_scan:
-            return h + self.scan1_gating(self.mamba_scan1(h, L)) + self.scan2_gating(self.mamba_scan2(h, L))
-        s = h + self.scan1_gating(self.mamba_scan1(h, L))
-        return s + self.scan2_gating(self.mamba_scan2(s, L))
+            return self.scan2_gating(self.scan1_gating(h, self.mamba_scan1(h, L)), self.mamba_scan2(h, L))
+        s = self.scan1_gating(h, self.mamba_scan1(h, L))
+        return self.scan2_gating(s, self.mamba_scan2(s, L))
 
 
 class FinalNorm(nn.Module):

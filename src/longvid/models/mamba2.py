@@ -34,72 +34,64 @@ from longvid.models.ssd import ssd_chunked
 # hand-overs are few and cheap, and 64 measured fastest on CPU at the seed's d_state 128, forward +
 # backward over 9.5k tokens (48 and 80 within 3 %, 128 17 % slower, 256 2.4x slower).
 TORCH_SCAN_CHUNK = 64
-# Elements per block of rows for the conv and the gated norm on CPU: 1 MiB in fp32, so that a block's
-# chain of elementwise ops runs in cache rather than one pass over memory per op (measured best of
-# 2^15..2^20 at the seed's widths).
+# Elements per block of rows for the gated norm and the conv's weight gradient on CPU: 1 MiB in fp32,
+# so that a block's chain of elementwise ops runs in cache rather than one pass over memory per op
+# (measured best of 2^15..2^20 at the seed's widths).
 ROW_BLOCK = 1 << 18
 
 
 class CausalConv1dSiLU(torch.autograd.Function):
     """silu(depthwise causal conv1d) on (b, L, channels), the layout in_proj gives and the scan wants.
 
-    nn.Conv1d needs (b, channels, L): its transposes made silu's backward and the conv's backward
-    (which also fills and slices a padded gradient) run over channel-strided memory, 30 % of the
-    mixer's time. Here the conv is d_conv multiply-adds of shifted rows, block by block over time so
-    that the passes (and the weight gradient's products) hit the cache, not memory; the backward
-    recomputes each block rather than keeping the pre-activation. Computed in at least fp32 (as
-    causal-conv1d does inside), returned in the input dtype, one tensor per channel group of `sizes`
-    (x, B, C) so that their gradients need no assembling.
+    nn.Conv1d wants (b, channels, L), and transposing to it and back cost 30 % of the mixer's time.
+    Here the conv is a 2-D depthwise convolution over a channels-last view of the input: oneDNN's
+    kernel reads (b, L, channels) as it is, and writes that layout, 3x faster than shifted
+    multiply-adds. Its backward computes the input gradient the same way, but its weight and bias
+    gradients took 10x longer than the blocked products below. Computed in at least fp32 (as
+    causal-conv1d does inside), returned in the input dtype as the channel groups of `sizes` (x, B, C).
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sizes: list[int]):
-        b, L, ch = x.shape
         ct = torch.promote_types(x.dtype, torch.float32)
-        xc, w = x.to(ct), weight.to(ct).view(ch, -1).t()  # w[k] multiplies x[t - (K - 1) + k]
-        outs = [xc.new_empty(b, L, size) for size in sizes]
-        for t0, t1 in _row_blocks(x):
-            y = _conv_rows(xc, w, bias, t0, t1)
-            for out, ys in zip(outs, y.split(sizes, -1)):
-                torch.ops.aten.silu.out(ys, out=out[:, t0:t1])
-        ctx.save_for_backward(xc, weight, bias)
-        return tuple(out.to(x.dtype) for out in outs)
+        xc = x.to(ct)
+        pre = _conv(xc, weight.to(ct), None if bias is None else bias.to(ct))
+        ctx.save_for_backward(xc, weight, bias, pre)
+        # one silu over the contiguous rows: on the groups' strided slices it ran 3x slower
+        return F.silu(pre).to(x.dtype).split(sizes, -1)
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor):
-        xc, weight, bias = ctx.saved_tensors
+        xc, weight, bias, pre = ctx.saved_tensors
         b, L, ch = xc.shape
         K = weight.shape[-1]
-        w = weight.to(xc.dtype).view(ch, K).t()
-        gx = torch.empty_like(xc)
-        gw = xc.new_zeros(K, ch)
-        gb = xc.new_zeros(ch)
-        halo = None  # the first K - 1 rows of gy after the current block
-        for t0, t1 in reversed(_row_blocks(xc)):
-            grad = torch.cat([g[:, t0:t1] for g in grads], -1).to(xc.dtype)
-            gyb = torch.ops.aten.silu_backward(grad, _conv_rows(xc, w, bias, t0, t1))
-            gb += gyb.sum((0, 1))
+        gpre = xc.new_empty(b, L + K - 1, ch)  # the conv's output rows: L, then K - 1 beyond the input
+        gpre[:, L:] = 0
+        gy = torch.cat([g.to(xc.dtype) for g in grads], -1, out=gpre[:, :L])
+        torch.ops.aten.silu_backward.grad_input(gy, pre, grad_input=gy)
+        gx = torch.ops.aten.convolution_backward(
+            _as_image(gpre), _as_image(xc), weight.to(xc.dtype).unsqueeze(2), None, [1, 1], [0, K - 1], [1, 1],
+            False, [0, 0], ch, [True, False, False])[0].squeeze(2).transpose(1, 2)
+        gw = xc.new_zeros(K, ch)  # gw[K - 1 - s] = sum_t gpre[t] x[t - s], block by block in cache
+        for t0, t1 in _row_blocks(xc):
             for s in range(min(K, t1)):
                 lo = max(t0, s)
-                gw[K - 1 - s] += torch.linalg.vecdot(gyb[:, lo - t0:], xc[:, lo - s:t1 - s], dim=1).sum(0)
-            ext = gyb if halo is None else torch.cat([gyb, halo], 1)
-            torch.mul(gyb, w[-1], out=gx[:, t0:t1])
-            for s in range(1, min(K, ext.shape[1])):  # gx[t] += w[K - 1 - s] gy[t + s]
-                n = min(t1 - t0, ext.shape[1] - s)
-                gx[:, t0:t0 + n].addcmul_(ext[:, s:s + n], w[K - 1 - s])
-            halo = ext[:, :K - 1]
+                gw[K - 1 - s] += torch.linalg.vecdot(gpre[:, lo:t1], xc[:, lo - s:t1 - s], dim=1).sum(0)
         gw = gw.t().reshape(weight.shape).to(weight.dtype)
-        return gx.to(grads[0].dtype), gw, None if bias is None else gb.to(bias.dtype), None
+        gb = None if bias is None else gy.sum((0, 1)).to(bias.dtype)
+        return gx.to(grads[0].dtype), gw, gb, None
 
 
-def _conv_rows(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, t0: int, t1: int) -> torch.Tensor:
-    """Rows t0:t1 of the causal conv of x (b, L, ch) with taps w (K, ch), before the activation."""
-    K = w.shape[0]
-    y = x[:, t0:t1] * w[-1] if bias is None else torch.addcmul(bias.to(x.dtype), x[:, t0:t1], w[-1])
-    for s in range(1, min(K, t1)):  # taps reaching s steps back; rows before 0 are zeros
-        lo = max(t0, s)
-        y[:, lo - t0:].addcmul_(x[:, lo - s:t1 - s], w[K - 1 - s])
-    return y
+def _as_image(x: torch.Tensor) -> torch.Tensor:
+    """(b, L, ch) -> (b, ch, 1, L), channels-last (a view of contiguous rows)."""
+    return x.transpose(1, 2).unsqueeze(2)
+
+
+def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Causal depthwise conv of x (b, L, ch) with weight (ch, 1, K), before the activation -> (b, L, ch)."""
+    K = weight.shape[-1]
+    y = F.conv2d(_as_image(x), weight.unsqueeze(2), bias, padding=(0, K - 1), groups=x.shape[-1])
+    return y.squeeze(2).transpose(1, 2)[:, :x.shape[1]]  # output t sees inputs t - K + 1 .. t
 
 
 def _row_blocks(x: torch.Tensor) -> list[tuple[int, int]]:
