@@ -57,8 +57,11 @@ class CausalConv1dSiLU(torch.autograd.Function):
         xc = x.to(ct)
         pre = _conv(xc, weight.to(ct), None if bias is None else bias.to(ct))
         ctx.save_for_backward(xc, weight, bias, pre)
-        # one silu over the contiguous rows: on the groups' strided slices it ran 3x slower
-        return F.silu(pre).to(x.dtype).split(sizes, -1)
+        # One silu over the contiguous rows: on the groups' strided slices it ran 3x slower. The first
+        # group (the scan's x) is read by several elementwise ops, which also ran 3x slower on a
+        # strided view than the copy costs; B and C are copied into chunks by the scan anyway.
+        first, *rest = F.silu(pre).to(x.dtype).split(sizes, -1)
+        return first.contiguous(), *rest
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor):
