@@ -32,7 +32,8 @@ from longvid.models.ssd import ssd_chunked
 # The chunk only changes how the scan is computed, never its result. The kernels want 256; in PyTorch
 # the work inside chunks grows with the chunk (O(L * chunk * (d_state + headdim))) while the chunk
 # hand-overs are few and cheap, and 64 measured fastest on CPU at the seed's d_state 128, forward +
-# backward over 9.5k tokens (48 and 80 within 3 %, 128 17 % slower, 256 2.4x slower).
+# backward over 9.5k tokens (48 and 96 within 3 %, 32 4 % and 128 7 % slower; 256 2.4x slower in an
+# earlier version of the scan).
 TORCH_SCAN_CHUNK = 64
 # Elements per block of rows for the gated norm and the conv's weight gradient on CPU: 1 MiB in fp32,
 # so that a block's chain of elementwise ops runs in cache rather than one pass over memory per op
