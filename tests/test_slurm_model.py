@@ -26,8 +26,11 @@ TINY = "tests/data/tiny-config.yaml"
 EXP = "slurm-experiment.yaml"
 # About 100 s of training for 2 ranks on this machine: longer than the time-limit test's warning interval.
 STEPS = 1200
-# A small lr: 2 ranks and one process sum the same gradients in another order, and at the demo's 3e-3
-# that rounding grows to 0.04 in the weights over STEPS; at 1e-4 they stay within the chain test's 1e-4.
+# A small lr: 2 ranks and one process sum the same gradients in another order (and run batch-size
+# dependent CPU kernels), and at the demo's 3e-3 that rounding grows to 0.04 in the weights over STEPS.
+# At 1e-4 it stayed below 1.4e-4 (one weight; the rest below 1e-4), so the chain test allows 1e-3: ten
+# Adam steps' worth at this lr. Lost or repeated steps are caught by the time-limit test's step
+# accounting, not by this bound.
 EXPERIMENT = {"experiments": {"tiny": {
     "train": {"steps": STEPS, "save_every": 200, "log_every": 20, "deterministic": True, "lr": 1.0e-4},
     "sample": {"steps": 3, "prompts": "tests/data/prompts-4.txt"}, "evaluate": {"val_clips": 2}}}}
@@ -100,7 +103,7 @@ def test_the_chain_on_slurm_matches_a_local_run(built, on_slurm, tmp_path):
 
     want = final_weights(local / RUN)
     for name in want:
-        assert (on_slurm.weights[name] - want[name]).abs().max() < 1e-4, name
+        assert (on_slurm.weights[name] - want[name]).abs().max() < 1e-3, name
 
     indexes = [json.loads((root / "results/samples/tiny/index.json").read_text()) for root in (remote, local)]
     def sample_set(index):
