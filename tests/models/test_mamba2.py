@@ -232,6 +232,17 @@ def test_causal_conv_in_row_blocks(monkeypatch, block, bias):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
+def test_causal_conv_stays_in_fp32_under_autocast():
+    """bf16 autocast must not reach the conv inside the Function: the conv runs in at least fp32."""
+    torch.manual_seed(0)
+    x, w, b = torch.randn(1, 50, 12), torch.randn(12, 1, 4), torch.randn(12)
+    want = lv_mamba2.CausalConv1dSiLU.apply(x, w, b, [4, 4, 4])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = lv_mamba2.CausalConv1dSiLU.apply(x, w, b, [4, 4, 4])
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, rtol=0, atol=0)
+
+
 def test_row_blocks_do_not_change_the_mixer(monkeypatch):
     """Conv and gated norm in blocks of one row give the one-block mixer's output and gradients."""
     torch.manual_seed(0)

@@ -94,7 +94,8 @@ def _as_image(x: torch.Tensor) -> torch.Tensor:
 def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """Causal depthwise conv of x (b, L, ch) with weight (ch, 1, K), before the activation -> (b, L, ch)."""
     K = weight.shape[-1]
-    y = F.conv2d(_as_image(x), weight.unsqueeze(2), bias, padding=(0, K - 1), groups=x.shape[-1])
+    with torch.autocast(x.device.type, enabled=False):  # in x's dtype (at least fp32), as the docstring says
+        y = F.conv2d(_as_image(x), weight.unsqueeze(2), bias, padding=(0, K - 1), groups=x.shape[-1])
     return y.squeeze(2).transpose(1, 2)[:, :x.shape[1]]  # output t sees inputs t - K + 1 .. t
 
 
