@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from longvid.models.fast_linear import linear
 from longvid.models.ssd import ssd_chunked
 
 # The chunk only changes how the scan is computed, never its result. The kernels want 256; in PyTorch
@@ -278,11 +279,7 @@ class Mamba2(nn.Module):
                 headdim=None if self.D_has_hdim else self.headdim, ngroups=self.ngroups,
                 norm_before_gate=self.norm_before_gate, **dt_limit)
 
-        # in_proj as one matmul per piece: no (b, L, 772) output whose gradient a cat has to assemble
-        # from the pieces' (a pass over it), and products 256 and 512 wide run faster than 772
-        W, bias = self.in_proj.weight, self.in_proj.bias
-        z0, x0, z, xBC, dt = (F.linear(u, W[end - n:end], None if bias is None else bias[end - n:end])
-                              for n, end in zip(sizes, itertools.accumulate(sizes)))
+        z0, x0, z, xBC, dt = self._in_projections(u, sizes)
         x, B, C = CausalConv1dSiLU.apply(xBC, self.conv1d.weight, self.conv1d.bias, [self.d_ssm, gn, gn])
         x = x.unflatten(-1, (self.nheads, self.headdim))
         B, C = B.unflatten(-1, (self.ngroups, self.d_state)), C.unflatten(-1, (self.ngroups, self.d_state))
@@ -296,7 +293,22 @@ class Mamba2(nn.Module):
         y = y.to(u.dtype)
         if d_mlp > 0:
             y = torch.cat([F.silu(z0) * x0, y], dim=-1)
-        return self.out_proj(y)
+        if type(self.out_proj) is nn.Linear:
+            return linear(y, self.out_proj.weight, self.out_proj.bias)
+        return self.out_proj(y)  # a wrapped layer (LoRA) computes its own output
+
+    def _in_projections(self, u: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+        """in_proj(u) split into [z0, x0, z, xBC, dt].
+
+        A plain Linear runs as one matmul per piece: no (b, L, 772) output whose gradient a cat has to
+        assemble from the pieces' (a pass over it), and products 256 and 512 wide ran faster than 772.
+        A wrapped one (LoRA) computes its whole output, then that is split.
+        """
+        if type(self.in_proj) is not nn.Linear:
+            return list(self.in_proj(u).split(sizes, dim=-1))
+        W, bias = self.in_proj.weight, self.in_proj.bias
+        return [linear(u, W[end - n:end], None if bias is None else bias[end - n:end])
+                for n, end in zip(sizes, itertools.accumulate(sizes))]
 
     def _torch_ssm(self, x, dt, B, C, z) -> torch.Tensor:
         """The scan, D skip and gate (and norm) in PyTorch -> (b, L, d_ssm).
