@@ -72,18 +72,22 @@ class CausalConv1dSiLU(torch.autograd.Function):
         K = weight.shape[-1]
         gpre = xc.new_empty(b, L + K - 1, ch)  # the conv's output rows: L, then K - 1 beyond the input
         gpre[:, L:] = 0
-        gy = torch.cat([g.to(xc.dtype) for g in grads], -1, out=gpre[:, :L])
-        torch.ops.aten.silu_backward.grad_input(gy, pre, grad_input=gy)
-        gx = torch.ops.aten.convolution_backward(
-            _as_image(gpre), _as_image(xc), weight.to(xc.dtype).unsqueeze(2), None, [1, 1], [0, K - 1], [1, 1],
-            False, [0, 0], ch, [True, False, False])[0].squeeze(2).transpose(1, 2)
-        gw = xc.new_zeros(K, ch)  # gw[K - 1 - s] = sum_t gpre[t] x[t - s], block by block in cache
+        gw = xc.new_zeros(K, ch)  # gw[K - 1 - s] = sum_t gpre[t] x[t - s]
+        gb = xc.new_zeros(ch)
+        # Block by block, so that the gathered gradient, its silu backward and the weight and bias
+        # products run in cache rather than as three passes over memory
         for t0, t1 in _row_blocks(xc):
+            gy = torch.cat([g[:, t0:t1].to(xc.dtype) for g in grads], -1, out=gpre[:, t0:t1])
+            torch.ops.aten.silu_backward.grad_input(gy, pre[:, t0:t1], grad_input=gy)
+            gb += gy.sum((0, 1))
             for s in range(min(K, t1)):
                 lo = max(t0, s)
                 gw[K - 1 - s] += torch.linalg.vecdot(gpre[:, lo:t1], xc[:, lo - s:t1 - s], dim=1).sum(0)
+        gx = torch.ops.aten.convolution_backward(
+            _as_image(gpre), _as_image(xc), weight.to(xc.dtype).unsqueeze(2), None, [1, 1], [0, K - 1], [1, 1],
+            False, [0, 0], ch, [True, False, False])[0].squeeze(2).transpose(1, 2)
         gw = gw.t().reshape(weight.shape).to(weight.dtype)
-        gb = None if bias is None else gy.sum((0, 1)).to(bias.dtype)
+        gb = None if bias is None else gb.to(bias.dtype)
         return gx.to(grads[0].dtype), gw, gb, None
 
 
