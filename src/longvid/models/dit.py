@@ -86,11 +86,31 @@ class ScanBlock(nn.Module):
     def forward(self, x: torch.Tensor, L: int) -> torch.Tensor:
         x = self.in_projection(x)
         if self.backward:
-            x = torch.cat([x[:, :L], x[:, L:].flip(1)], dim=1)
+            x = ReverseVideo.apply(x, L)
         x = self.block(x)
         if self.backward:
-            x = torch.cat([x[:, :L], x[:, L:].flip(1)], dim=1)
+            x = ReverseVideo.apply(x, L)
         return self.out_projection(x)
+
+
+class ReverseVideo(torch.autograd.Function):
+    """cat([x[:, :L], x[:, L:].flip(1)]) as one copy. The reordering is its own inverse, so the
+    backward is the same copy of the gradient (autograd's own would zero-fill and add per slice)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, L: int) -> torch.Tensor:
+        ctx.L = L
+        return _reverse_video(x, L)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _reverse_video(grad, ctx.L), None
+
+
+def _reverse_video(x: torch.Tensor, L: int) -> torch.Tensor:
+    N = x.shape[1]
+    order = torch.cat([torch.arange(L, device=x.device), torch.arange(N - 1, L - 1, -1, device=x.device)])
+    return x.index_select(1, order)
 
 
 class Gate(nn.Module):
