@@ -31,7 +31,7 @@ dag: setup
 	snakemake --dag --cores 1 | dot -Tsvg > results/dag.svg && echo "wrote results/dag.svg"
 
 bench: setup
-	python bench/probe.py && python bench/dag.py && python bench/train_step.py
+	python bench/probe.py && python bench/dag.py && python bench/train_step.py && python bench/hybrid_vs_full.py
 
 clean:
 	rm -rf data/raw data/shards data/clips results/logs results/benchmarks .snakemake

@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=2)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--latent", default="32x32", help="latent HxW (tokens per frame = HxW/4)")
-    ap.add_argument("--steps", type=int, default=5, help="timed steps per model (after one warm-up each)")
+    ap.add_argument("--steps", type=int, default=7, help="timed steps per model (after one warm-up each)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
