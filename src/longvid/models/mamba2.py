@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from longvid.models import cpu_kernels
 from longvid.models.fast_linear import linear
 from longvid.models.ssd import ssd_chunked
 
@@ -55,6 +56,12 @@ class CausalConv1dSiLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sizes: list[int]):
+        ctx.fused = cpu_kernels.applies(x, weight, bias)
+        if ctx.fused:  # one pass in C, each group written contiguous; the backward recomputes the conv
+            x = x.contiguous()
+            weight_t = weight.view(weight.shape[0], -1).t().contiguous()  # (K, ch): taps in rows
+            ctx.save_for_backward(x, weight_t, bias)
+            return tuple(cpu_kernels.conv_silu_forward(x, weight_t, bias, sizes))
         ct = torch.promote_types(x.dtype, torch.float32)
         xc = x.to(ct)
         pre = _conv(xc, weight.to(ct), None if bias is None else bias.to(ct))
@@ -67,6 +74,10 @@ class CausalConv1dSiLU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor):
+        if ctx.fused:
+            x, weight_t, bias = ctx.saved_tensors
+            gx, gwt, gb = cpu_kernels.conv_silu_backward(x, weight_t, bias, list(grads))
+            return gx, gwt.t().contiguous().unsqueeze(1), None if bias is None else gb, None
         xc, weight, bias, pre = ctx.saved_tensors
         b, L, ch = xc.shape
         K = weight.shape[-1]
@@ -145,11 +156,19 @@ class _SkipGateNorm(torch.autograd.Function):
 
     As separate ops each step was a pass over memory (and autograd's backward twice as many); per
     block of rows they run in cache, and the backward recomputes the cheap products instead of
-    keeping them. y, x, z: (b, L, d); D, weight: (d,).
+    keeping them. fp32 on CPU runs the C loops of cpu_kernels instead, one pass per row.
+    y, x, z: (b, L, d); D, weight: (d,).
     """
 
     @staticmethod
     def forward(ctx, y, x, D, z, weight, eps, group_size):
+        ctx.group_size = group_size
+        ctx.fused = cpu_kernels.applies(y, x, D, z, weight)
+        if ctx.fused:  # all of it in one pass per row, in C
+            y, x, D, z = (t.contiguous() for t in (y, x, D, z))
+            out, r = cpu_kernels.gated_norm_forward(y, x, D, z, weight, eps, group_size)
+            ctx.save_for_backward(y, x, D, z, weight, r)
+            return out
         b, L, d = y.shape
         gv = (b, -1, d // group_size, group_size)
         w = weight.to(y.dtype).view(gv[2:])
@@ -160,12 +179,13 @@ class _SkipGateNorm(torch.autograd.Function):
             rb = torch.rsqrt(torch.linalg.vecdot(v, v)[..., None].div_(group_size).add_(eps), out=r[:, t0:t1])
             torch.mul(v, rb, out=out[:, t0:t1].view(gv)).mul_(w)
         ctx.save_for_backward(y, x, D, z, weight, r)
-        ctx.group_size = group_size
         return out
 
     @staticmethod
     def backward(ctx, grad):
         y, x, D, z, weight, r = ctx.saved_tensors
+        if ctx.fused:
+            return *cpu_kernels.gated_norm_backward(y, x, D, z, weight, r, grad, ctx.group_size), None, None
         b, L, d = y.shape
         gs = ctx.group_size
         gv_shape = (b, -1, d // gs, gs)

@@ -1,0 +1,149 @@
+/* Fused CPU loops for the memory-bound parts of the Mamba2 mixer, fp32, row-major (rows, channels).
+ *
+ * In PyTorch each elementwise step of the gated norm and of the conv's activation and gradients is one
+ * pass over memory; here each row is read once and every step runs on it in registers. Built and loaded
+ * by cpu_kernels.py. Every function handles the rows [t0, t1) so that callers can split rows across
+ * threads; sums over rows (weight and bias gradients) are added into buffers the caller owns per thread.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+/* glibc's vector expf (libmvec), so that the channel loops vectorise: its math.h declares it only
+ * under -ffast-math, which would also drop NaN and infinity semantics. */
+#pragma omp declare simd notinbranch
+extern float expf(float);
+
+static inline float sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
+
+/* out = rmsnorm((y + D x) * silu(z)) * w per group of gs channels; r = 1 / rms per row and group. */
+void gated_norm_fwd(const float *y, const float *x, const float *D, const float *z, const float *w,
+                    float *out, float *r, long t0, long t1, long d, long gs, float eps) {
+    for (long t = t0; t < t1; t++) {
+        const float *yt = y + t * d, *xt = x + t * d, *zt = z + t * d;
+        float *ot = out + t * d;
+        for (long c0 = 0; c0 < d; c0 += gs) {
+            float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+            for (long c = c0; c < c0 + gs; c++) {
+                float v = (yt[c] + D[c] * xt[c]) * zt[c] * sigmoid(zt[c]);
+                ot[c] = v;
+                ss += v * v;
+            }
+            float rr = 1.0f / __builtin_sqrtf(ss / (float)gs + eps);
+            r[t * (d / gs) + c0 / gs] = rr;
+#pragma omp simd
+            for (long c = c0; c < c0 + gs; c++) ot[c] *= rr * w[c];
+        }
+    }
+}
+
+/* Gradients of gated_norm_fwd given g = d loss / d out: gy, gx, gz per row; gw, gD summed over rows.
+ * With u = y + D x, v = u silu(z), out = v r w:  dv = r w g - v r^3 mean(w g v). */
+void gated_norm_bwd(const float *y, const float *x, const float *D, const float *z, const float *w,
+                    const float *r, const float *g, float *gy, float *gx, float *gz, float *gw, float *gD,
+                    long t0, long t1, long d, long gs) {
+    for (long t = t0; t < t1; t++) {
+        const float *yt = y + t * d, *xt = x + t * d, *zt = z + t * d, *g_t = g + t * d;
+        float *gyt = gy + t * d, *gxt = gx + t * d, *gzt = gz + t * d;
+        for (long c0 = 0; c0 < d; c0 += gs) {
+            float rr = r[t * (d / gs) + c0 / gs], qw = 0.0f;
+#pragma omp simd reduction(+ : qw)
+            for (long c = c0; c < c0 + gs; c++) {
+                float q = g_t[c] * (yt[c] + D[c] * xt[c]) * zt[c] * sigmoid(zt[c]);
+                gw[c] += q * rr;
+                qw += q * w[c];
+            }
+            float coef = -qw * rr * rr * rr / (float)gs;
+#pragma omp simd
+            for (long c = c0; c < c0 + gs; c++) {
+                float s = sigmoid(zt[c]), u = yt[c] + D[c] * xt[c], sz = zt[c] * s;
+                float dv = g_t[c] * w[c] * rr + u * sz * coef;
+                float gu = dv * sz;
+                gyt[c] = gu;
+                gxt[c] = gu * D[c];
+                gD[c] += gu * xt[c];
+                gzt[c] = dv * u * s * (1.0f + zt[c] * (1.0f - s)); /* silu'(z) = s (1 + z (1 - s)) */
+            }
+        }
+    }
+}
+
+/* Causal depthwise conv (K taps, weight wt as (K, ch): tap K-1 is the current step) before the
+ * activation, row t of batch b: bias + sum_k wt[k] x[t - (K-1) + k], earlier steps than 0 being 0. */
+static void conv_row(const float *xb, const float *wt, const float *bias, long t, long ch, long K, float *pre) {
+#pragma omp simd
+    for (long c = 0; c < ch; c++) pre[c] = bias ? bias[c] : 0.0f;
+    for (long k = (t >= K - 1 ? 0 : K - 1 - t); k < K; k++) {
+        const float *xs = xb + (t - (K - 1) + k) * ch, *wk = wt + k * ch;
+#pragma omp simd
+        for (long c = 0; c < ch; c++) pre[c] += wk[c] * xs[c];
+    }
+}
+
+/* silu(conv(x)) of x (nb, L, ch) for steps [t0, t1) of every batch, written as n_out contiguous pieces
+ * (nb, L, widths[i]) that split the channels in order. */
+void conv_silu_fwd(const float *x, const float *wt, const float *bias, float *const *outs, const long *widths,
+                   long n_out, long nb, long L, long ch, long K, long t0, long t1) {
+    float *pre = malloc(ch * sizeof(float));
+    for (long b = 0; b < nb; b++) {
+        for (long t = t0; t < t1; t++) {
+            conv_row(x + b * L * ch, wt, bias, t, ch, K, pre);
+            for (long i = 0, c0 = 0; i < n_out; c0 += widths[i++]) {
+                float *o = outs[i] + (b * L + t) * widths[i];
+#pragma omp simd
+                for (long c = 0; c < widths[i]; c++) o[c] = pre[c0 + c] * sigmoid(pre[c0 + c]);
+            }
+        }
+    }
+    free(pre);
+}
+
+/* Gradients of conv_silu_fwd given the pieces' gradients: gx for steps [t0, t1), and the sums over
+ * those steps of the weight (as (K, ch)) and bias gradients. The gradient before the activation,
+ * gpre, is recomputed row by row into a ring of the last K rows: gx[s] = sum_k wt[k] gpre[s+K-1-k]. */
+void conv_silu_bwd(const float *x, const float *wt, const float *bias, const float *const *grads,
+                   const long *widths, long n_out, float *gx, float *gwt, float *gb, long nb, long L, long ch,
+                   long K, long t0, long t1) {
+    float *ring = malloc(K * ch * sizeof(float)), *pre = malloc(ch * sizeof(float));
+    for (long b = 0; b < nb; b++) {
+        const float *xb = x + b * L * ch;
+        for (long t = t0; t < t1 + K - 1; t++) {
+            float *gp = ring + (t % K) * ch;
+            if (t < L) {
+                conv_row(xb, wt, bias, t, ch, K, pre);
+                for (long i = 0, c0 = 0; i < n_out; c0 += widths[i++]) {
+                    const float *g = grads[i] + (b * L + t) * widths[i];
+#pragma omp simd
+                    for (long c = 0; c < widths[i]; c++) {
+                        float s = sigmoid(pre[c0 + c]);
+                        gp[c0 + c] = g[c] * s * (1.0f + pre[c0 + c] * (1.0f - s));
+                    }
+                }
+            } else {
+                memset(gp, 0, ch * sizeof(float)); /* past the sequence's end */
+            }
+            if (t < t1) {
+#pragma omp simd
+                for (long c = 0; c < ch; c++) gb[c] += gp[c];
+                for (long k = (t >= K - 1 ? 0 : K - 1 - t); k < K; k++) {
+                    const float *xs = xb + (t - (K - 1) + k) * ch;
+                    float *gwk = gwt + k * ch;
+#pragma omp simd
+                    for (long c = 0; c < ch; c++) gwk[c] += gp[c] * xs[c];
+                }
+            }
+            long s = t - (K - 1); /* gpre rows s .. t are in the ring now */
+            if (s >= t0) {
+                float *gxs = gx + (b * L + s) * ch;
+                memset(gxs, 0, ch * sizeof(float));
+                for (long k = 0; k < K; k++) {
+                    const float *gr = ring + ((t - k) % K) * ch, *wk = wt + k * ch;
+#pragma omp simd
+                    for (long c = 0; c < ch; c++) gxs[c] += wk[c] * gr[c];
+                }
+            }
+        }
+    }
+    free(ring);
+    free(pre);
+}

@@ -1,0 +1,123 @@
+"""The fused C loops for Mamba2's conv and gated norm against the PyTorch code they replace (fp32)."""
+
+import warnings
+
+import pytest
+import torch
+
+from longvid.models import cpu_kernels
+from longvid.models.mamba2 import CausalConv1dSiLU, Mamba2, _SkipGateNorm
+
+pytestmark = pytest.mark.skipif(cpu_kernels.library() is None, reason="no C compiler to build the loops with")
+
+
+def _both(fn, monkeypatch, *inputs):
+    """fn's outputs and the gradients of sum(outputs * fixed weights), with the C loops then without."""
+    results = []
+    for fused in (True, False):
+        monkeypatch.setattr(cpu_kernels, "applies", cpu_kernels.applies if fused else lambda *t: False)
+        leaves = [t.detach().clone().requires_grad_() for t in inputs]
+        outs = fn(*leaves)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        torch.manual_seed(1)
+        sum((o * torch.randn_like(o)).sum() for o in outs).backward()
+        results.append(([o.detach() for o in outs], [t.grad for t in leaves]))
+    monkeypatch.undo()
+    return results
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("b, L, with_bias", [(1, 700, True), (2, 3, True), (2, 515, False)])
+def test_conv_matches_pytorch(monkeypatch, threads, b, L, with_bias):
+    """Several threads split the steps (700 and 515 rows go to two), including sequences shorter than the
+    kernel; the pieces' gradients and the weight and bias gradients cross the split boundaries."""
+    torch.manual_seed(0)
+    sizes = [32, 16, 16]
+    x, w = torch.randn(b, L, sum(sizes)), torch.randn(sum(sizes), 1, 4) * 0.5
+    bias = torch.randn(sum(sizes)) if with_bias else None
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        if with_bias:
+            got, want = _both(lambda x, w, bias: CausalConv1dSiLU.apply(x, w, bias, sizes), monkeypatch,
+                              x, w, bias)
+        else:
+            got, want = _both(lambda x, w: CausalConv1dSiLU.apply(x, w, None, sizes), monkeypatch, x, w)
+    finally:
+        torch.set_num_threads(previous)
+    for a, e in zip(got[0] + got[1], want[0] + want[1]):
+        assert a.shape == e.shape
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=5e-5)  # weight and bias: sums over ~1000 rows
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("group_size", [64, 16])
+def test_gated_norm_matches_pytorch(monkeypatch, threads, group_size):
+    torch.manual_seed(0)
+    b, L, d = 2, 300, 64
+    y, x, z = (torch.randn(b, L, d) for _ in range(3))
+    D, weight = torch.rand(d) + 0.5, torch.rand(d) + 0.5
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got, want = _both(lambda *t: _SkipGateNorm.apply(*t, 1e-5, group_size), monkeypatch,
+                          y, x, D, z, weight)
+    finally:
+        torch.set_num_threads(previous)
+    for a, e in zip(got[0] + got[1], want[0] + want[1]):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=2e-5)
+
+
+def test_mixer_with_and_without_loops(monkeypatch):
+    """The whole mixer (fp32): output and every parameter's gradient agree between the two paths."""
+    torch.manual_seed(0)
+    m = Mamba2(32, d_state=16, headdim=16, ngroups=2, chunk_size=8)
+    u = torch.randn(2, 37, 32)
+    grads = []
+    for fused in (True, False):
+        monkeypatch.setattr(cpu_kernels, "applies", cpu_kernels.applies if fused else lambda *t: False)
+        m.zero_grad()
+        y = m(u)
+        y.square().mean().backward()
+        grads.append((y.detach(), {k: p.grad.clone() for k, p in m.named_parameters()}))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
+    for k in grads[1][1]:
+        torch.testing.assert_close(grads[0][1][k], grads[1][1][k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_built_once_per_machine(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = cpu_kernels._build("cc")
+    stamp = first.stat().st_mtime_ns
+    assert cpu_kernels._build("cc") == first and first.stat().st_mtime_ns == stamp
+    assert [p.name for p in (tmp_path / "longvid").iterdir()] == [first.name]  # no temporary left behind
+
+
+@pytest.mark.parametrize("cc, why", [("no-such-cc", "not found"),
+                                     ("false", "building cpu_kernels.c with false")])
+def test_without_a_compiler_pytorch_runs(tmp_path, monkeypatch, cc, why):
+    """No compiler, or one that fails: one warning naming the reason, and the mixer runs as PyTorch ops."""
+    monkeypatch.setenv("CC", cc)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cpu_kernels.library.cache_clear()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert cpu_kernels.library() is None
+            assert not cpu_kernels.applies(torch.zeros(1))
+            Mamba2(16, d_state=8, headdim=8)(torch.randn(1, 5, 16)).sum().backward()
+        messages = [str(w.message) for w in caught]
+        assert len(messages) == 1 and why in messages[0] and "PyTorch ops" in messages[0]
+    finally:
+        monkeypatch.undo()
+        cpu_kernels.library.cache_clear()
+
+
+def test_switched_off_by_environment(monkeypatch):
+    monkeypatch.setenv("LONGVID_CPU_KERNELS", "0")
+    cpu_kernels.library.cache_clear()
+    try:
+        assert cpu_kernels.library() is None
+    finally:
+        monkeypatch.undo()
+        cpu_kernels.library.cache_clear()
