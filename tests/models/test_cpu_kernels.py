@@ -7,6 +7,7 @@ import torch
 
 from longvid.models import cpu_kernels
 from longvid.models.mamba2 import CausalConv1dSiLU, Mamba2, _SkipGateNorm
+from longvid.models.ssd import ssd_chunked
 
 pytestmark = pytest.mark.skipif(cpu_kernels.library() is None, reason="no C compiler to build the loops with")
 
@@ -121,3 +122,23 @@ def test_switched_off_by_environment(monkeypatch):
     finally:
         monkeypatch.undo()
         cpu_kernels.library.cache_clear()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("b, L, h, g, chunk", [(1, 64, 4, 1, 16), (2, 45, 4, 2, 16), (2, 300, 2, 1, 32)])
+def test_scan_matches_pytorch(monkeypatch, threads, b, L, h, g, chunk):
+    """The chunked scan's C loops (hand-over, intra-chunk backward, x gradients): y, the final state and
+    every input's gradient, for whole and padded last chunks, groups of heads, and split over threads."""
+    torch.manual_seed(0)
+    p, n = 8, 16
+    x, B, C = torch.randn(b, L, h, p), torch.randn(b, L, g, n), torch.randn(b, L, g, n)
+    dt, A = torch.rand(b, L, h) * 0.2 + 0.01, -torch.rand(h) * 4 - 0.5
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got, want = _both(lambda *t: ssd_chunked(*t, chunk_size=chunk, return_final_state=True), monkeypatch,
+                          x, dt, A, B, C)
+    finally:
+        torch.set_num_threads(previous)
+    for a, e in zip(got[0] + got[1], want[0] + want[1]):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)

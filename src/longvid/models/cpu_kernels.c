@@ -147,3 +147,108 @@ void conv_silu_bwd(const float *x, const float *wt, const float *bias, const flo
     free(ring);
     free(pre);
 }
+
+/* ---- The chunked SSD scan (ssd.py): its loops between the matrix products ---- */
+
+/* State hand-over, in place: h[k] += e[k] h[k-1] over chunks k, for the (batch, head) pairs [j0, j1).
+ * states (nb, c, nh, m) with m = headdim * d_state; e (nb, c, nh): each chunk's total decay. */
+void ssd_handover_fwd(float *states, const float *e, long nb, long c, long nh, long m, long j0, long j1) {
+    for (long j = j0; j < j1; j++) {
+        long b = j / nh, hh = j % nh;
+        for (long k = 1; k < c; k++) {
+            float *dst = states + ((b * c + k) * nh + hh) * m;
+            const float *src = dst - nh * m;
+            float s = e[(b * c + k) * nh + hh];
+#pragma omp simd
+            for (long i = 0; i < m; i++) dst[i] += s * src[i];
+        }
+    }
+}
+
+/* Its backward, in place on G (the gradients of the states after each chunk, own parts in): from the
+ * last chunk back, g_e[k] = <G[k], h[k-1]> and G[k-1] += e[k] G[k]. g_e (nb, c, nh); chunk 0 left alone. */
+void ssd_handover_bwd(float *G, const float *states, const float *e, float *g_e, long nb, long c, long nh,
+                      long m, long j0, long j1) {
+    for (long j = j0; j < j1; j++) {
+        long b = j / nh, hh = j % nh;
+        for (long k = c - 1; k > 0; k--) {
+            long at = (b * c + k) * nh + hh;
+            float *gk = G + at * m, *gprev = gk - nh * m;
+            const float *hprev = states + (at - nh) * m;
+            float s = e[at], dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+            for (long i = 0; i < m; i++) {
+                dot += gk[i] * hprev[i];
+                gprev[i] += s * gk[i];
+            }
+            g_e[at] = dot;
+        }
+    }
+}
+
+/* Intra-chunk backward for the blocks [q0, q1) of (batch * chunk): with P = dY X^T per head (l, l),
+ * decay (l, l) per head and S = C B^T per group: gS = sum over the group's heads of P * decay, and
+ * with E = P * decay * S, ga[l] += sum_s E[l, s] - sum_s E[s, l]. Only s <= l (decay is 0 above). */
+void ssd_intra_bwd(const float *P, const float *decay, const float *S, float *gS, float *ga, long g, long hg,
+                   long l, long q0, long q1) {
+    long nh = g * hg, ll = l * l;
+    for (long q = q0; q < q1; q++) {
+        for (long gi = 0; gi < g; gi++) {
+            float *gs = gS + (q * g + gi) * ll;
+            const float *s_ = S + (q * g + gi) * ll;
+            memset(gs, 0, ll * sizeof(float));
+            for (long hi = 0; hi < hg; hi++) {
+                long hh = gi * hg + hi;
+                const float *p = P + (q * nh + hh) * ll, *dc = decay + (q * nh + hh) * ll;
+                float *a = ga + (q * nh + hh) * l;
+                for (long r = 0; r < l; r++) {
+                    float row = 0.0f;
+#pragma omp simd reduction(+ : row)
+                    for (long s = 0; s <= r; s++) {
+                        float v = p[r * l + s] * dc[r * l + s], e = v * s_[r * l + s];
+                        gs[r * l + s] += v;
+                        row += e;
+                        a[s] -= e;
+                    }
+                    a[r] += row;
+                }
+            }
+        }
+    }
+}
+
+/* The gradient of X = dt x (chunked, (nb, c, l, nh, p)) is gX = gxdt^T + gxe w_end, never stored: per
+ * real step t (< L) of the chunks [q0, q1): gw[t, h] = <gxe, xe>, gx = dt gX, gdt = <x, gX>.
+ * gxdt (nb, c, nh, l, p); gxe, xe (nb, c, l, nh, p); w_end, gw (nb, c, l, nh); x, gx (nb, L, nh, p) and
+ * dt, gdt (nb, L, nh) in rows. Blocks q index (batch * c + chunk). */
+void ssd_x_grads(const float *gxdt, const float *gxe, const float *xe, const float *w_end, const float *x,
+                 const float *dt, float *gw, float *gx, float *gdt, long c, long l, long nh, long p, long L,
+                 long q0, long q1) {
+    for (long q = q0; q < q1; q++) {
+        long b = q / c, k = q % c;
+        for (long r = 0; r < l; r++) {
+            long t = k * l + r;
+            for (long hh = 0; hh < nh; hh++) {
+                long at = (q * l + r) * nh + hh;
+                const float *g1 = gxdt + ((q * nh + hh) * l + r) * p, *g2 = gxe + at * p, *xv = xe + at * p;
+                float w = w_end[at], dw = 0.0f;
+                if (t >= L) { /* padded step: only its share of the decay gradient, which is 0 */
+                    gw[at] = 0.0f;
+                    continue;
+                }
+                long row = (b * L + t) * nh + hh;
+                const float *xr = x + row * p;
+                float *gxr = gx + row * p, d = dt[row], dx = 0.0f;
+#pragma omp simd reduction(+ : dw, dx)
+                for (long i = 0; i < p; i++) {
+                    float gX = g1[i] + g2[i] * w;
+                    dw += g2[i] * xv[i];
+                    dx += xr[i] * gX;
+                    gxr[i] = d * gX;
+                }
+                gw[at] = dw;
+                gdt[row] = dx;
+            }
+        }
+    }
+}

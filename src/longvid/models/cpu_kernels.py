@@ -40,6 +40,10 @@ _SIGNATURES = {
     "gated_norm_bwd": [_P] * 12 + [_L, _L, _L, _L],
     "conv_silu_fwd": [_P] * 5 + [_L] * 7,
     "conv_silu_bwd": [_P] * 5 + [_L] + [_P] * 3 + [_L] * 6,
+    "ssd_handover_fwd": [_P] * 2 + [_L] * 6,
+    "ssd_handover_bwd": [_P] * 4 + [_L] * 6,
+    "ssd_intra_bwd": [_P] * 5 + [_L] * 5,
+    "ssd_x_grads": [_P] * 9 + [_L] * 7,
 }
 
 
@@ -108,10 +112,10 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="longvid-cpu")
 
 
-def _over_rows(rows: int, call, *partials: torch.Tensor) -> None:
+def _over_rows(rows: int, call, *partials: torch.Tensor, min_rows: int = MIN_ROWS_PER_THREAD) -> None:
     """call(t0, t1, *buffers) over row ranges covering [0, rows), one per thread; each range adds its
     sums into its own zeroed copy of `partials`, which are then added into the given tensors."""
-    n = max(1, min(torch.get_num_threads(), rows // MIN_ROWS_PER_THREAD))
+    n = max(1, min(torch.get_num_threads(), rows // min_rows))
     if n == 1:
         call(0, rows, *partials)
         return
@@ -179,3 +183,48 @@ def conv_silu_backward(x, weight_t, bias, grads: list[torch.Tensor]):
         _ptr(x), _ptr(weight_t), _ptr(bias), ptrs, ws, len(grads), _ptr(gx), _ptr(gwt_), _ptr(gb_),
         b, L, ch, K, t0, t1), gwt, gb)
     return gx, gwt, gb
+
+
+# The chunked SSD scan's loops between its matrix products (ssd.py names and shapes). Rows of a chunk
+# are l steps; blocks of work are (batch, head) pairs or (batch, chunk) pairs, split over threads.
+
+def ssd_handover_forward(states: torch.Tensor, e: torch.Tensor) -> None:
+    """In place: states[:, k] += e[:, k] * states[:, k - 1] chunk after chunk. states (b, c, h, p, n)
+    contiguous, e (b, c, h)."""
+    b, c, h = e.shape
+    e = e.contiguous()
+    _over_rows(b * h, lambda j0, j1: library().ssd_handover_fwd(
+        _ptr(states), _ptr(e), b, c, h, states[0, 0, 0].numel(), j0, j1), min_rows=1)
+
+
+def ssd_handover_backward(G: torch.Tensor, states: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """In place on G (b, c, h, p, n), the hand-over's backward; returns g_e (b, c, h), 0 for chunk 0."""
+    b, c, h = e.shape
+    e, g_e = e.contiguous(), e.new_zeros(b, c, h)
+    _over_rows(b * h, lambda j0, j1: library().ssd_handover_bwd(
+        _ptr(G), _ptr(states), _ptr(e), _ptr(g_e), b, c, h, states[0, 0, 0].numel(), j0, j1), min_rows=1)
+    return g_e
+
+
+def ssd_intra_backward(P: torch.Tensor, decay: torch.Tensor, S: torch.Tensor, ga: torch.Tensor) -> torch.Tensor:
+    """gS = sum over each group's heads of P * decay, returned (b, c, g, l, l); ga (b, c, h, l) +=
+    row sums - column sums of P * decay * S. P, decay (b, c, h, l, l); S (b, c, g, l, l)."""
+    b, c, h, l, _ = P.shape
+    g = S.shape[2]
+    P, decay, S = P.contiguous(), decay.contiguous(), S.contiguous()
+    gS = P.new_empty(b, c, g, l, l)
+    _over_rows(b * c, lambda q0, q1: library().ssd_intra_bwd(
+        _ptr(P), _ptr(decay), _ptr(S), _ptr(gS), _ptr(ga), g, h // g, l, q0, q1), min_rows=8)
+    return gS
+
+
+def ssd_x_grads(gxdt, gxe, xe, w_end, x, dt):
+    """With gX = gxdt (b, c, h, l, p) transposed + gxe * w_end (both (b, c, l, h, ...)):
+    (<gxe, xe> per step (b, c, l, h), dt * gX and <x, gX> in rows (b, L, h, p) and (b, L, h))."""
+    b, c, h, l, p = gxdt.shape
+    L = x.shape[1]
+    gxdt, gxe, xe, w_end, x, dt = (t.contiguous() for t in (gxdt, gxe, xe, w_end, x, dt))
+    gw, gx, gdt = w_end.new_empty(b, c, l, h), torch.empty_like(x), torch.empty_like(dt)
+    _over_rows(b * c, lambda q0, q1: library().ssd_x_grads(
+        *map(_ptr, (gxdt, gxe, xe, w_end, x, dt, gw, gx, gdt)), c, l, h, p, L, q0, q1), min_rows=8)
+    return gw, gx, gdt

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from longvid.models import cpu_kernels
+
 # The chunked scan keeps its cumulative log-decays in base 2 and exponentiates with exp2: on CPU,
 # torch.exp ran 2.5x slower than exp2 (and exp of -inf, or below fp32's underflow at -87, 2-8x slower
 # again). 2^-86 ~ 1e-26 is the floor: against terms of order 1 it is zero in fp32 and fp64 alike, and
@@ -102,6 +104,7 @@ class _SSDChunked(torch.autograd.Function):
         b, L, h, p = x.shape
         g, n = B.shape[-2:]
         hg, c = h // g, -(-L // l)
+        ctx.fused = cpu_kernels.applies(x, dt, A, B, C)  # fp32 on CPU: the loops below run in C
         # (b,c,h,l), in log2 units: decays between two steps are differences of a, as in mamba_ssm's
         # kernels; in fp32 the cancellation error stays small for chunks of a few hundred steps
         dt_c = F.pad(dt, (0, 0, 0, c * l - L)).view(b, c, l, h)
@@ -125,10 +128,13 @@ class _SSDChunked(torch.autograd.Function):
         xe = _to_chunks(x.new_empty(b, c, l, h, p), torch.mul, rows=(x,), chunks=((dt_c * w_end_r)[..., None],))
         xe = xe.view(b, c, l, g, hg * p).transpose(2, 3)  # (b,c,g,l,hg*p): X * w_end
         states = (xe.transpose(-1, -2) @ Bg).view(b, c, h, p, n)
-        e = a[..., -1].exp2()[..., None, None].unbind(1)  # (b,h,1,1) per chunk: decay over all of it
-        hs = states.unbind(1)
-        for k in range(1, c):
-            hs[k].addcmul_(hs[k - 1], e[k])
+        e = a[..., -1].exp2()  # (b,c,h): each chunk's decay over all of it
+        if ctx.fused:
+            cpu_kernels.ssd_handover_forward(states, e)
+        else:
+            es, hs = e[..., None, None].unbind(1), states.unbind(1)
+            for k in range(1, c):
+                hs[k].addcmul_(hs[k - 1], es[k])
 
         y = x.new_empty(b, c, l, h, p)  # rows in order
         y[:, 0] = y_intra[:, 0].transpose(1, 2)  # no state before the first chunk
@@ -166,36 +172,49 @@ class _SSDChunked(torch.autograd.Function):
         Gh = Gs.view(b, c, h, p, n)
         # and the gradient of each chunk's decay, sum(G_k * h_{k-1}), taken while G_k is in cache
         e = a[..., -1].exp2()
-        es, gs, hs = e[..., None, None].unbind(1), Gh.flatten(-2).unbind(1), states.flatten(-2).unbind(1)
-        g_e = x.new_zeros(b, c, h)
-        for k in range(c - 1, 0, -1):
-            torch.linalg.vecdot(gs[k], hs[k - 1], out=g_e[:, k])
-            Gh[:, k - 1].addcmul_(Gh[:, k], es[k])
+        if ctx.fused:
+            g_e = cpu_kernels.ssd_handover_backward(Gh, states, e)
+        else:
+            es, gs, hs = e[..., None, None].unbind(1), Gh.flatten(-2).unbind(1), states.flatten(-2).unbind(1)
+            g_e = x.new_zeros(b, c, h)
+            for k in range(c - 1, 0, -1):
+                torch.linalg.vecdot(gs[k], hs[k - 1], out=g_e[:, k])
+                Gh[:, k - 1].addcmul_(Gh[:, k], es[k])
         ga[..., -1] += g_e * e
 
         # own contributions: states = xe^T B with xe = X * w_end
         gxe = (Bg @ Gs.transpose(-1, -2)).view(b, c, g, l, hg, p).transpose(2, 3).reshape(b, c, l, h, p)
         gB = xe @ Gs  # (b,c,g,l,n)
-        gw_r = torch.linalg.vecdot(gxe, xe.transpose(2, 3).view(b, c, l, h, p))  # (b,c,l,h)
-        ga -= gw_r.transpose(2, 3)
-        ga[..., -1] += gw_r.sum(2)
 
         # intra-chunk: y = M X with M = S * decay
         gyh = _to_chunks(x.new_empty(b, c, h, l, p).transpose(2, 3), _copy, rows=(gy,)).transpose(2, 3)
         gxdt = M.view(b, c, h, l, l).transpose(-1, -2) @ gyh  # (b,c,h,l,p)
-        gX = torch.addcmul(gxdt.transpose(2, 3), gxe, w_end_r[..., None])  # (b,c,l,h,p), gradient of X
-        P = (gyh @ xdt.transpose(-1, -2)).mul_(decay).view(b, c, g, hg, l, l)  # gradient of S per head
-        gS = P[:, :, :, 0] if hg == 1 else P.sum(3)
+        # the gradient of X = dt * x, gX = gxdt + gxe * w_end, and what it gives x, dt and w_end
+        xe_r = xe.transpose(2, 3).view(b, c, l, h, p)
+        if ctx.fused:
+            gw_r, gx, gdt = cpu_kernels.ssd_x_grads(gxdt, gxe, xe_r, w_end_r, x, dt)
+        else:
+            gw_r = torch.linalg.vecdot(gxe, xe_r)  # (b,c,l,h)
+            gX = torch.addcmul(gxdt.transpose(2, 3), gxe, w_end_r[..., None])  # (b,c,l,h,p)
+            gdt = _to_rows(x.new_empty(b, L, h), torch.linalg.vecdot, rows=(x,), chunks=(gX,))
+            gx = _to_rows(x.new_empty(b, L, h, p), torch.mul, rows=(dt[..., None],), chunks=(gX,))
+        ga -= gw_r.transpose(2, 3)
+        ga[..., -1] += gw_r.sum(2)
+        P = gyh @ xdt.transpose(-1, -2)  # (b,c,h,l,l): gradient of M
+        if ctx.fused:
+            gS = cpu_kernels.ssd_intra_backward(P, decay, S, ga)
+        else:
+            P = P.mul_(decay).view(b, c, g, hg, l, l)  # gradient of S per head
+            gS = P[:, :, :, 0] if hg == 1 else P.sum(3)
+            E = P.mul_(S[:, :, :, None]).view(b, c, h, l, l)  # gradient of the decay matrix times itself
+            ga += E.sum(-1) - E.sum(-2)
         gC += gS @ Bg
         gB += gS.transpose(-1, -2) @ Cg
-        E = P.mul_(S[:, :, :, None]).view(b, c, h, l, l)  # gradient of the decay matrix times itself
-        ga += E.sum(-1) - E.sum(-2)
 
         # a = cumsum(dt * A) within each chunk: a step's gradient is the sum over later steps
         g_dA = ga.flip(-1).cumsum(-1).flip(-1).transpose(2, 3).reshape(b, c * l, h)[:, :L]
-        gdt = _to_rows(x.new_empty(b, L, h), torch.linalg.vecdot, rows=(x,), chunks=(gX,)).addcmul_(g_dA, A)
+        gdt.addcmul_(g_dA, A)
         gA = (g_dA * dt).sum((0, 1))
-        gx = _to_rows(x.new_empty(b, L, h, p), torch.mul, rows=(dt[..., None],), chunks=(gX,))
         if g == 1:  # (b,c,1,l,n) is already in row order
             gB, gC = (t.view(b, c * l, g, n)[:, :L] for t in (gB, gC))
         else:
