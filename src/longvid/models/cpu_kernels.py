@@ -206,7 +206,7 @@ def ssd_handover_backward(G: torch.Tensor, states: torch.Tensor, e: torch.Tensor
     return g_e
 
 
-def ssd_intra_backward(P: torch.Tensor, decay: torch.Tensor, S: torch.Tensor, ga: torch.Tensor) -> torch.Tensor:
+def ssd_intra_backward(P: torch.Tensor, decay: torch.Tensor, S: torch.Tensor, ga: torch.Tensor):
     """gS = sum over each group's heads of P * decay, returned (b, c, g, l, l); ga (b, c, h, l) +=
     row sums - column sums of P * decay * S. P, decay (b, c, h, l, l); S (b, c, g, l, l)."""
     b, c, h, l, _ = P.shape
