@@ -252,3 +252,116 @@ void ssd_x_grads(const float *gxdt, const float *gxe, const float *xe, const flo
         }
     }
 }
+
+#pragma omp declare simd notinbranch
+extern float exp2f(float);
+
+/* The scan's inputs in chunks, blocks q = (batch * c + chunk) in [q0, q1): xdt = dt x heads first
+ * (nb, c, nh, l, p) for the intra-chunk product, xe = dt x w_end in rows (nb, c, l, nh, p) for the
+ * states; steps past L are zero. x (nb, L, nh, p), dt (nb, L, nh), w_end (nb, c, l, nh). */
+void ssd_x_chunks(const float *x, const float *dt, const float *w_end, float *xdt, float *xe, long c, long l,
+                  long nh, long p, long L, long q0, long q1) {
+    for (long q = q0; q < q1; q++) {
+        long b = q / c, k = q % c;
+        for (long r = 0; r < l; r++) {
+            long t = k * l + r;
+            for (long hh = 0; hh < nh; hh++) {
+                float *d1 = xdt + ((q * nh + hh) * l + r) * p, *d2 = xe + ((q * l + r) * nh + hh) * p;
+                if (t >= L) {
+                    memset(d1, 0, p * sizeof(float));
+                    memset(d2, 0, p * sizeof(float));
+                    continue;
+                }
+                long row = (b * L + t) * nh + hh;
+                const float *xr = x + row * p;
+                float d = dt[row], de = d * w_end[(q * l + r) * nh + hh];
+#pragma omp simd
+                for (long i = 0; i < p; i++) {
+                    d1[i] = d * xr[i];
+                    d2[i] = de * xr[i];
+                }
+            }
+        }
+    }
+}
+
+/* Intra-chunk decays and products per block q: decay = 2^(a_r - a_s) for s <= r (exponent at least
+ * floor), 0 above; M = decay * S of the head's group. a (nb*c, nh, l); decay, M (nb*c, nh, l, l); S
+ * (nb*c, g, l, l). */
+void ssd_decay(const float *a, const float *S, float *decay, float *M, long g, long hg, long l, float floor_,
+               long q0, long q1) {
+    long nh = g * hg, ll = l * l;
+    for (long q = q0; q < q1; q++) {
+        for (long hh = 0; hh < nh; hh++) {
+            const float *ah = a + (q * nh + hh) * l, *s_ = S + (q * g + hh / hg) * ll;
+            float *dc = decay + (q * nh + hh) * ll, *m = M + (q * nh + hh) * ll;
+            for (long r = 0; r < l; r++) {
+                float ar = ah[r];
+#pragma omp simd
+                for (long s = 0; s < l; s++) {
+                    float v = ar - ah[s];
+                    v = v < floor_ ? floor_ : v;
+                    v = s <= r ? exp2f(v > 0.0f ? 0.0f : v) : 0.0f;
+                    dc[r * l + s] = v;
+                    m[r * l + s] = v * s_[r * l + s];
+                }
+            }
+        }
+    }
+}
+
+/* y in rows of chunks (nb, c, l, nh, p): the intra-chunk part y_intra (nb, c, nh, l, p) transposed, plus
+ * for chunks after the first the inter-chunk part y_inter (nb, c-1, g, l, hg*p) times ea (nb, c, l, nh). */
+void ssd_y(const float *y_intra, const float *y_inter, const float *ea, float *y, long c, long g, long hg,
+           long l, long p, long q0, long q1) {
+    long nh = g * hg;
+    for (long q = q0; q < q1; q++) {
+        long b = q / c, k = q % c;
+        for (long r = 0; r < l; r++) {
+            for (long hh = 0; hh < nh; hh++) {
+                const float *yi = y_intra + ((q * nh + hh) * l + r) * p;
+                float *yo = y + ((q * l + r) * nh + hh) * p;
+                if (k == 0) {
+                    memcpy(yo, yi, p * sizeof(float));
+                    continue;
+                }
+                const float *ye = y_inter + (((b * (c - 1) + k - 1) * g + hh / hg) * l + r) * hg * p + (hh % hg) * p;
+                float w = ea[(q * l + r) * nh + hh];
+#pragma omp simd
+                for (long i = 0; i < p; i++) yo[i] = yi[i] + ye[i] * w;
+            }
+        }
+    }
+}
+
+/* The backward's view of dy per block q: gyh = dy heads first (nb, c, nh, l, p), zero past L; and for
+ * chunks after the first G1 = dy ea in rows (nb, c, l, nh, p) with ga[q, h, r] += <G1, y_inter>. */
+void ssd_gy_chunks(const float *gy, const float *ea, const float *y_inter, float *gyh, float *G1, float *ga,
+                   long c, long g, long hg, long l, long p, long L, long q0, long q1) {
+    long nh = g * hg;
+    for (long q = q0; q < q1; q++) {
+        long b = q / c, k = q % c;
+        for (long r = 0; r < l; r++) {
+            long t = k * l + r;
+            for (long hh = 0; hh < nh; hh++) {
+                float *gh = gyh + ((q * nh + hh) * l + r) * p, *g1 = G1 + ((q * l + r) * nh + hh) * p;
+                if (t >= L) {
+                    memset(gh, 0, p * sizeof(float));
+                    memset(g1, 0, p * sizeof(float));
+                    continue;
+                }
+                const float *gr = gy + ((b * L + t) * nh + hh) * p;
+                memcpy(gh, gr, p * sizeof(float));
+                if (k == 0) continue;
+                const float *ye = y_inter + (((b * (c - 1) + k - 1) * g + hh / hg) * l + r) * hg * p + (hh % hg) * p;
+                float w = ea[(q * l + r) * nh + hh], dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+                for (long i = 0; i < p; i++) {
+                    g1[i] = gr[i] * w;
+                    dot += g1[i] * ye[i];
+                }
+                ga[(q * nh + hh) * l + r] += dot;
+            }
+        }
+    }
+}

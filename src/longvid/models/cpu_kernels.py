@@ -44,6 +44,10 @@ _SIGNATURES = {
     "ssd_handover_bwd": [_P] * 4 + [_L] * 6,
     "ssd_intra_bwd": [_P] * 5 + [_L] * 5,
     "ssd_x_grads": [_P] * 9 + [_L] * 7,
+    "ssd_x_chunks": [_P] * 5 + [_L] * 7,
+    "ssd_decay": [_P] * 4 + [_L] * 3 + [_F, _L, _L],
+    "ssd_y": [_P] * 4 + [_L] * 7,
+    "ssd_gy_chunks": [_P] * 6 + [_L] * 8,
 }
 
 
@@ -228,3 +232,50 @@ def ssd_x_grads(gxdt, gxe, xe, w_end, x, dt):
     _over_rows(b * c, lambda q0, q1: library().ssd_x_grads(
         *map(_ptr, (gxdt, gxe, xe, w_end, x, dt, gw, gx, gdt)), c, l, h, p, L, q0, q1), min_rows=8)
     return gw, gx, gdt
+
+
+def ssd_x_chunks(x, dt, w_end, l: int):
+    """X = dt * x in chunks of l steps: heads first (b, c, h, l, p), and in rows times w_end (b, c, l, h)
+    as (b, c, l, h, p); padded steps 0."""
+    b, L, h, p = x.shape
+    c = w_end.shape[1]
+    x, dt, w_end = x.contiguous(), dt.contiguous(), w_end.contiguous()
+    xdt, xe = x.new_empty(b, c, h, l, p), x.new_empty(b, c, l, h, p)
+    _over_rows(b * c, lambda q0, q1: library().ssd_x_chunks(
+        *map(_ptr, (x, dt, w_end, xdt, xe)), c, l, h, p, L, q0, q1), min_rows=8)
+    return xdt, xe
+
+
+def ssd_decay(a, S, hg: int, floor: float):
+    """decay = 2^clamp(a_r - a_s, floor, 0) below the diagonal, 0 above, and M = decay * S per head:
+    a (b, c, h, l), S (b, c, g, l, l) -> two (b, c, h, l, l)."""
+    b, c, h, l = a.shape
+    a, S = a.contiguous(), S.contiguous()
+    decay, M = a.new_empty(b, c, h, l, l), a.new_empty(b, c, h, l, l)
+    _over_rows(b * c, lambda q0, q1: library().ssd_decay(
+        *map(_ptr, (a, S, decay, M)), h // hg, hg, l, floor, q0, q1), min_rows=8)
+    return decay, M
+
+
+def ssd_y(y_intra, y_inter, ea):
+    """y (b, c, l, h, p) = y_intra (b, c, h, l, p) in rows + y_inter (b, c-1, g, l, hg*p) * ea (b, c, l, h)
+    for chunks after the first."""
+    b, c, h, l, p = y_intra.shape
+    g = y_inter.shape[2]
+    y_intra, y_inter, ea = y_intra.contiguous(), y_inter.contiguous(), ea.contiguous()
+    y = y_intra.new_empty(b, c, l, h, p)
+    _over_rows(b * c, lambda q0, q1: library().ssd_y(
+        *map(_ptr, (y_intra, y_inter, ea, y)), c, g, h // g, l, p, q0, q1), min_rows=8)
+    return y
+
+
+def ssd_gy_chunks(gy, ea, y_inter, ga):
+    """gy (b, L, h, p) heads first in chunks (b, c, h, l, p), and G1 = gy * ea in chunks (b, c, l, h, p)
+    (chunk 0 left 0) with ga (b, c, h, l) += <G1, y_inter> for chunks after the first."""
+    b, c, h, l = ga.shape
+    g, p, L = y_inter.shape[2], gy.shape[-1], gy.shape[1]
+    gy, ea, y_inter = gy.contiguous(), ea.contiguous(), y_inter.contiguous()
+    gyh, G1 = gy.new_empty(b, c, h, l, p), gy.new_empty(b, c, l, h, p)  # G1[:, 0] is never read
+    _over_rows(b * c, lambda q0, q1: library().ssd_gy_chunks(
+        *map(_ptr, (gy, ea, y_inter, gyh, G1, ga)), c, g, h // g, l, p, L, q0, q1), min_rows=8)
+    return gyh, G1

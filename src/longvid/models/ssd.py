@@ -109,23 +109,32 @@ class _SSDChunked(torch.autograd.Function):
         # kernels; in fp32 the cancellation error stays small for chunks of a few hundred steps
         dt_c = F.pad(dt, (0, 0, 0, c * l - L)).view(b, c, l, h)
         a = (dt_c * (A * LOG2E)).cumsum(2).transpose(2, 3).contiguous()
-        xdt = x.new_empty(b, c, h, l, p)  # heads first: the intra-chunk product is one bmm
-        _to_chunks(xdt.transpose(2, 3), torch.mul, rows=(x, dt[..., None]))
+        # Per-step factors are kept in row order (b,c,l,h) like x and y (suffix _r): elementwise ops
+        # whose operands share one layout ran 2-3x faster than with a permuted operand.
+        w_end_r = (a[..., -1:] - a).exp2_().transpose(2, 3).contiguous()  # decay from a step to chunk end
+        # X = dt * x twice: heads first for the intra-chunk product (one bmm), and in rows times w_end
+        # for the states
+        if ctx.fused:
+            xdt, xe = cpu_kernels.ssd_x_chunks(x, dt, w_end_r, l)
+        else:
+            xdt = x.new_empty(b, c, h, l, p)
+            _to_chunks(xdt.transpose(2, 3), torch.mul, rows=(x, dt[..., None]))
+            xe = _to_chunks(x.new_empty(b, c, l, h, p), torch.mul, rows=(x,),
+                            chunks=((dt_c * w_end_r)[..., None],))
         Bg, Cg = (_to_chunks(x.new_empty(b, c, g, l, n).transpose(2, 3), _copy, rows=(t,)).transpose(2, 3)
                   for t in (B, C))  # (b,c,g,l,n)
 
         # intra-chunk decays 2^(a_l - a_s), s <= l: the exponent clamped to [EXP2_FLOOR, 0] (a
         # fast-decaying head makes most of the matrix that small) and the future zeroed after
-        decay = (a[..., :, None] - a[..., None, :]).clamp_(EXP2_FLOOR, 0).exp2_().tril_()  # (b,c,h,l,s)
         S = Cg @ Bg.transpose(-1, -2)  # (b,c,g,l,s)
-        M = decay.view(b, c, g, hg, l, l) * S[:, :, :, None]
+        if ctx.fused:
+            decay, M = cpu_kernels.ssd_decay(a, S, hg, EXP2_FLOOR)
+        else:
+            decay = (a[..., :, None] - a[..., None, :]).clamp_(EXP2_FLOOR, 0).exp2_().tril_()  # (b,c,h,l,s)
+            M = decay.view(b, c, g, hg, l, l) * S[:, :, :, None]
         y_intra = M.view(b, c, h, l, l) @ xdt  # (b,c,h,l,p)
 
-        # Per-step factors are kept in row order (b,c,l,h) like x and y (suffix _r): elementwise ops
-        # whose operands share one layout ran 2-3x faster than with a permuted operand.
         # Each chunk's own contribution to the state at its end, then the hand-over in place.
-        w_end_r = (a[..., -1:] - a).exp2_().transpose(2, 3).contiguous()
-        xe = _to_chunks(x.new_empty(b, c, l, h, p), torch.mul, rows=(x,), chunks=((dt_c * w_end_r)[..., None],))
         xe = xe.view(b, c, l, g, hg * p).transpose(2, 3)  # (b,c,g,l,hg*p): X * w_end
         states = (xe.transpose(-1, -2) @ Bg).view(b, c, h, p, n)
         e = a[..., -1].exp2()  # (b,c,h): each chunk's decay over all of it
@@ -136,14 +145,17 @@ class _SSDChunked(torch.autograd.Function):
             for k in range(1, c):
                 hs[k].addcmul_(hs[k - 1], es[k])
 
-        y = x.new_empty(b, c, l, h, p)  # rows in order
-        y[:, 0] = y_intra[:, 0].transpose(1, 2)  # no state before the first chunk
         y_inter = Cg[:, 1:] @ states[:, :-1].view(b, c - 1, g, hg * p, n).transpose(-1, -2)  # (b,c-1,g,l,hp)
         ea_r = a.exp2().transpose(2, 3).contiguous()
-        torch.addcmul(y_intra.view(b, c, g, hg, l, p)[:, 1:].permute(0, 1, 4, 2, 3, 5),
-                      y_inter.view(b, c - 1, g, l, hg, p).transpose(2, 3),
-                      ea_r.view(b, c, l, g, hg)[:, 1:, ..., None],
-                      out=y[:, 1:].view(b, c - 1, l, g, hg, p))
+        if ctx.fused:
+            y = cpu_kernels.ssd_y(y_intra, y_inter, ea_r)
+        else:
+            y = x.new_empty(b, c, l, h, p)  # rows in order
+            y[:, 0] = y_intra[:, 0].transpose(1, 2)  # no state before the first chunk
+            torch.addcmul(y_intra.view(b, c, g, hg, l, p)[:, 1:].permute(0, 1, 4, 2, 3, 5),
+                          y_inter.view(b, c - 1, g, l, hg, p).transpose(2, 3),
+                          ea_r.view(b, c, l, g, hg)[:, 1:, ..., None],
+                          out=y[:, 1:].view(b, c - 1, l, g, hg, p))
         ctx.save_for_backward(x, dt, A, a, xdt, Bg, Cg, decay, S, M, w_end_r, ea_r, xe, states, y_inter)
         ctx.set_materialize_grads(False)
         return y.view(b, c * l, h, p)[:, :L], states[:, -1].clone()
@@ -158,9 +170,15 @@ class _SSDChunked(torch.autograd.Function):
         ga = x.new_zeros(b, c, h, l)
 
         # inter-chunk term y += exp(a_l) C_l h_{k-1}, chunks 1..c-1
-        G1 = _to_chunks(x.new_empty(b, c, l, h, p), torch.mul, rows=(gy,), chunks=(ea_r[..., None],))[:, 1:]
-        ga[:, 1:] += torch.linalg.vecdot(G1.view(b, c - 1, l, g, hg, p), y_inter.view(
-            b, c - 1, g, l, hg, p).transpose(2, 3)).view(b, c - 1, l, h).transpose(2, 3)
+        if ctx.fused:  # and dy heads first (gyh) for the intra-chunk products below
+            gyh, G1 = cpu_kernels.ssd_gy_chunks(gy, ea_r, y_inter, ga)
+            G1 = G1[:, 1:]
+        else:
+            G1 = _to_chunks(x.new_empty(b, c, l, h, p), torch.mul, rows=(gy,), chunks=(ea_r[..., None],))
+            G1 = G1[:, 1:]
+            ga[:, 1:] += torch.linalg.vecdot(G1.view(b, c - 1, l, g, hg, p), y_inter.view(
+                b, c - 1, g, l, hg, p).transpose(2, 3)).view(b, c - 1, l, h).transpose(2, 3)
+            gyh = _to_chunks(x.new_empty(b, c, h, l, p).transpose(2, 3), _copy, rows=(gy,)).transpose(2, 3)
         G1 = G1.view(b, c - 1, l, g, hg * p).transpose(2, 3)  # (b,c-1,g,l,hg*p)
         gC = x.new_zeros(b, c, g, l, n)
         torch.matmul(G1, states[:, :-1].view(b, c - 1, g, hg * p, n), out=gC[:, 1:])
@@ -187,7 +205,6 @@ class _SSDChunked(torch.autograd.Function):
         gB = xe @ Gs  # (b,c,g,l,n)
 
         # intra-chunk: y = M X with M = S * decay
-        gyh = _to_chunks(x.new_empty(b, c, h, l, p).transpose(2, 3), _copy, rows=(gy,)).transpose(2, 3)
         gxdt = M.view(b, c, h, l, l).transpose(-1, -2) @ gyh  # (b,c,h,l,p)
         # the gradient of X = dt * x, gX = gxdt + gxe * w_end, and what it gives x, dt and w_end
         xe_r = xe.transpose(2, 3).view(b, c, l, h, p)
