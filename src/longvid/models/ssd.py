@@ -16,8 +16,9 @@ from longvid.models import cpu_kernels
 
 # The chunked scan keeps its cumulative log-decays in base 2 and exponentiates with exp2: on CPU,
 # torch.exp ran 2.5x slower than exp2 (and exp of -inf, or below fp32's underflow at -87, 2-8x slower
-# again). 2^-86 ~ 1e-26 is the floor: against terms of order 1 it is zero in fp32 and fp64 alike, and
-# its products with S stay above the denormals (which can slow the matmuls).
+# again). Every decay factor is floored at 2^-86 ~ 1e-26: against terms of order 1 it is zero in fp32
+# and fp64 alike, and the products it enters stay above the denormals. Unfloored, a fast-decaying head
+# fed denormals to the state products, which then ran up to 13x slower (MKL on a Xeon, in training).
 LOG2E = 1.4426950408889634
 EXP2_FLOOR = -86.0
 
@@ -78,6 +79,11 @@ def _to_rows(dst: torch.Tensor, fn, rows=(), chunks=()) -> torch.Tensor:
     return dst
 
 
+def _decay(log2_decay: torch.Tensor) -> torch.Tensor:
+    """2^x, floored at 2^EXP2_FLOOR (see above)."""
+    return log2_decay.clamp(min=EXP2_FLOOR).exp2_()
+
+
 def _copy(t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return out.copy_(t)
 
@@ -111,7 +117,7 @@ class _SSDChunked(torch.autograd.Function):
         a = (dt_c * (A * LOG2E)).cumsum(2).transpose(2, 3).contiguous()
         # Per-step factors are kept in row order (b,c,l,h) like x and y (suffix _r): elementwise ops
         # whose operands share one layout ran 2-3x faster than with a permuted operand.
-        w_end_r = (a[..., -1:] - a).exp2_().transpose(2, 3).contiguous()  # decay from a step to chunk end
+        w_end_r = _decay(a[..., -1:] - a).transpose(2, 3).contiguous()  # from a step to its chunk's end
         # X = dt * x twice: heads first for the intra-chunk product (one bmm), and in rows times w_end
         # for the states
         if ctx.fused:
@@ -137,7 +143,7 @@ class _SSDChunked(torch.autograd.Function):
         # Each chunk's own contribution to the state at its end, then the hand-over in place.
         xe = xe.view(b, c, l, g, hg * p).transpose(2, 3)  # (b,c,g,l,hg*p): X * w_end
         states = (xe.transpose(-1, -2) @ Bg).view(b, c, h, p, n)
-        e = a[..., -1].exp2()  # (b,c,h): each chunk's decay over all of it
+        e = _decay(a[..., -1])  # (b,c,h): each chunk's decay over all of it
         if ctx.fused:
             cpu_kernels.ssd_handover_forward(states, e)
         else:
@@ -146,7 +152,7 @@ class _SSDChunked(torch.autograd.Function):
                 hs[k].addcmul_(hs[k - 1], es[k])
 
         y_inter = Cg[:, 1:] @ states[:, :-1].view(b, c - 1, g, hg * p, n).transpose(-1, -2)  # (b,c-1,g,l,hp)
-        ea_r = a.exp2().transpose(2, 3).contiguous()
+        ea_r = _decay(a).transpose(2, 3).contiguous()
         if ctx.fused:
             y = cpu_kernels.ssd_y(y_intra, y_inter, ea_r)
         else:
@@ -189,7 +195,7 @@ class _SSDChunked(torch.autograd.Function):
         Gs[:, -1] = 0 if g_final is None else g_final.view(b, g, hg * p, n)
         Gh = Gs.view(b, c, h, p, n)
         # and the gradient of each chunk's decay, sum(G_k * h_{k-1}), taken while G_k is in cache
-        e = a[..., -1].exp2()
+        e = _decay(a[..., -1])
         if ctx.fused:
             g_e = cpu_kernels.ssd_handover_backward(Gh, states, e)
         else:
