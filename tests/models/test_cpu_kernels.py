@@ -125,12 +125,16 @@ def test_switched_off_by_environment(monkeypatch):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("b, L, h, g, chunk", [(1, 64, 4, 1, 16), (2, 45, 4, 2, 16), (2, 300, 2, 1, 32)])
-def test_scan_matches_pytorch(monkeypatch, threads, b, L, h, g, chunk):
-    """The chunked scan's C loops (hand-over, intra-chunk backward, x gradients): y, the final state and
-    every input's gradient, for whole and padded last chunks, groups of heads, and split over threads."""
+@pytest.mark.parametrize("b, L, h, g, chunk, p", [(1, 64, 4, 1, 16, 8), (2, 45, 4, 2, 16, 8),
+                                                   (2, 300, 2, 1, 32, 8), (1, 200, 2, 1, 64, 64),
+                                                   (2, 130, 4, 2, 50, 40)])
+def test_scan_matches_pytorch(monkeypatch, threads, b, L, h, g, chunk, p):
+    """The chunked scan's C loops: y, the final state and every input's gradient, for whole and padded
+    last chunks, groups of heads, split over threads, and chunk and head sizes that take the C products'
+    register tiles (6 rows x 32 columns), their remainders (50 = 8 x 6 + 2 rows; 40 = 32 + 8 columns),
+    or only the plain loops (8 and 16 wide)."""
     torch.manual_seed(0)
-    p, n = 8, 16
+    n = 16
     x, B, C = torch.randn(b, L, h, p), torch.randn(b, L, g, n), torch.randn(b, L, g, n)
     dt, A = torch.rand(b, L, h) * 0.2 + 0.01, -torch.rand(h) * 4 - 0.5
     previous = torch.get_num_threads()

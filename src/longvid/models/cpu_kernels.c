@@ -186,72 +186,6 @@ void ssd_handover_bwd(float *G, const float *states, const float *e, float *g_e,
     }
 }
 
-/* Intra-chunk backward for the blocks [q0, q1) of (batch * chunk): with P = dY X^T per head (l, l),
- * decay (l, l) per head and S = C B^T per group: gS = sum over the group's heads of P * decay, and
- * with E = P * decay * S, ga[l] += sum_s E[l, s] - sum_s E[s, l]. Only s <= l (decay is 0 above). */
-void ssd_intra_bwd(const float *P, const float *decay, const float *S, float *gS, float *ga, long g, long hg,
-                   long l, long q0, long q1) {
-    long nh = g * hg, ll = l * l;
-    for (long q = q0; q < q1; q++) {
-        for (long gi = 0; gi < g; gi++) {
-            float *gs = gS + (q * g + gi) * ll;
-            const float *s_ = S + (q * g + gi) * ll;
-            memset(gs, 0, ll * sizeof(float));
-            for (long hi = 0; hi < hg; hi++) {
-                long hh = gi * hg + hi;
-                const float *p = P + (q * nh + hh) * ll, *dc = decay + (q * nh + hh) * ll;
-                float *a = ga + (q * nh + hh) * l;
-                for (long r = 0; r < l; r++) {
-                    float row = 0.0f;
-#pragma omp simd reduction(+ : row)
-                    for (long s = 0; s <= r; s++) {
-                        float v = p[r * l + s] * dc[r * l + s], e = v * s_[r * l + s];
-                        gs[r * l + s] += v;
-                        row += e;
-                        a[s] -= e;
-                    }
-                    a[r] += row;
-                }
-            }
-        }
-    }
-}
-
-/* The gradient of X = dt x (chunked, (nb, c, l, nh, p)) is gX = gxdt^T + gxe w_end, never stored: per
- * real step t (< L) of the chunks [q0, q1): gw[t, h] = <gxe, xe>, gx = dt gX, gdt = <x, gX>.
- * gxdt (nb, c, nh, l, p); gxe, xe (nb, c, l, nh, p); w_end, gw (nb, c, l, nh); x, gx (nb, L, nh, p) and
- * dt, gdt (nb, L, nh) in rows. Blocks q index (batch * c + chunk). */
-void ssd_x_grads(const float *gxdt, const float *gxe, const float *xe, const float *w_end, const float *x,
-                 const float *dt, float *gw, float *gx, float *gdt, long c, long l, long nh, long p, long L,
-                 long q0, long q1) {
-    for (long q = q0; q < q1; q++) {
-        long b = q / c, k = q % c;
-        for (long r = 0; r < l; r++) {
-            long t = k * l + r;
-            for (long hh = 0; hh < nh; hh++) {
-                long at = (q * l + r) * nh + hh;
-                const float *g1 = gxdt + ((q * nh + hh) * l + r) * p, *g2 = gxe + at * p, *xv = xe + at * p;
-                float w = w_end[at], dw = 0.0f;
-                if (t >= L) { /* padded step: only its share of the decay gradient, which is 0 */
-                    gw[at] = 0.0f;
-                    continue;
-                }
-                long row = (b * L + t) * nh + hh;
-                const float *xr = x + row * p;
-                float *gxr = gx + row * p, d = dt[row], dx = 0.0f;
-#pragma omp simd reduction(+ : dw, dx)
-                for (long i = 0; i < p; i++) {
-                    float gX = g1[i] + g2[i] * w;
-                    dw += g2[i] * xv[i];
-                    dx += xr[i] * gX;
-                    gxr[i] = d * gX;
-                }
-                gw[at] = dw;
-                gdt[row] = dx;
-            }
-        }
-    }
-}
 
 #pragma omp declare simd notinbranch
 extern float exp2f(float);
@@ -280,55 +214,6 @@ void ssd_x_chunks(const float *x, const float *dt, const float *w_end, float *xd
                     d1[i] = d * xr[i];
                     d2[i] = de * xr[i];
                 }
-            }
-        }
-    }
-}
-
-/* Intra-chunk decays and products per block q: decay = 2^(a_r - a_s) for s <= r (exponent at least
- * floor), 0 above; M = decay * S of the head's group. a (nb*c, nh, l); decay, M (nb*c, nh, l, l); S
- * (nb*c, g, l, l). */
-void ssd_decay(const float *a, const float *S, float *decay, float *M, long g, long hg, long l, float floor_,
-               long q0, long q1) {
-    long nh = g * hg, ll = l * l;
-    for (long q = q0; q < q1; q++) {
-        for (long hh = 0; hh < nh; hh++) {
-            const float *ah = a + (q * nh + hh) * l, *s_ = S + (q * g + hh / hg) * ll;
-            float *dc = decay + (q * nh + hh) * ll, *m = M + (q * nh + hh) * ll;
-            for (long r = 0; r < l; r++) {
-                float ar = ah[r];
-#pragma omp simd
-                for (long s = 0; s < l; s++) {
-                    float v = ar - ah[s];
-                    v = v < floor_ ? floor_ : v;
-                    v = s <= r ? exp2f(v > 0.0f ? 0.0f : v) : 0.0f;
-                    dc[r * l + s] = v;
-                    m[r * l + s] = v * s_[r * l + s];
-                }
-            }
-        }
-    }
-}
-
-/* y in rows of chunks (nb, c, l, nh, p): the intra-chunk part y_intra (nb, c, nh, l, p) transposed, plus
- * for chunks after the first the inter-chunk part y_inter (nb, c-1, g, l, hg*p) times ea (nb, c, l, nh). */
-void ssd_y(const float *y_intra, const float *y_inter, const float *ea, float *y, long c, long g, long hg,
-           long l, long p, long q0, long q1) {
-    long nh = g * hg;
-    for (long q = q0; q < q1; q++) {
-        long b = q / c, k = q % c;
-        for (long r = 0; r < l; r++) {
-            for (long hh = 0; hh < nh; hh++) {
-                const float *yi = y_intra + ((q * nh + hh) * l + r) * p;
-                float *yo = y + ((q * l + r) * nh + hh) * p;
-                if (k == 0) {
-                    memcpy(yo, yi, p * sizeof(float));
-                    continue;
-                }
-                const float *ye = y_inter + (((b * (c - 1) + k - 1) * g + hh / hg) * l + r) * hg * p + (hh % hg) * p;
-                float w = ea[(q * l + r) * nh + hh];
-#pragma omp simd
-                for (long i = 0; i < p; i++) yo[i] = yi[i] + ye[i] * w;
             }
         }
     }
@@ -364,4 +249,171 @@ void ssd_gy_chunks(const float *gy, const float *ea, const float *y_inter, float
             }
         }
     }
+}
+
+/* ---- The intra-chunk part, per (chunk, head) block: y = M X with M = decay * S (l x l) ----
+ * M and the products' results live in per-block buffers (16 KB each at l = 64) that stay in cache: as
+ * whole tensors they were written and read back through memory, and MKL's batched products of 64 x 64
+ * blocks ran far below their in-cache speed there. */
+
+typedef float vf __attribute__((vector_size(64), aligned(4))); /* 16 floats, unaligned loads/stores */
+enum { TILE_ROWS = 6, TILE_VECS = 2, TILE_COLS = 32 };
+
+/* C (m x n, row stride ldc) = A B, or += with accumulate. A's element (i, j) is A[i * ars + j * acs],
+ * so A may be in either layout; B is (k x n) row-major, row stride ldb. Tiles of 6 rows x 32 columns
+ * are held in registers; columns past the last whole tile go through plain loops. */
+static void gemm(long m, long n, long k, const float *A, long ars, long acs, const float *B, long ldb, float *C,
+                 long ldc, int accumulate) {
+    long tiled = n - n % TILE_COLS;
+    for (long j = 0; j < tiled; j += TILE_COLS) {
+        for (long i = 0; i < m; i += TILE_ROWS) {
+            int rows = m - i < TILE_ROWS ? (int)(m - i) : TILE_ROWS;
+            vf acc[TILE_ROWS][TILE_VECS];
+            for (int r = 0; r < TILE_ROWS; r++)
+                for (int v = 0; v < TILE_VECS; v++)
+                    acc[r][v] = (accumulate && r < rows) ? *(const vf *)(C + (i + r) * ldc + j + 16 * v) : (vf){0};
+            for (long p = 0; p < k; p++) {
+                vf bv[TILE_VECS];
+                for (int v = 0; v < TILE_VECS; v++) bv[v] = *(const vf *)(B + p * ldb + j + 16 * v);
+                if (rows == TILE_ROWS) { /* the common case, unrolled by the compiler */
+                    for (int r = 0; r < TILE_ROWS; r++) {
+                        float av = A[(i + r) * ars + p * acs];
+                        for (int v = 0; v < TILE_VECS; v++) acc[r][v] += av * bv[v];
+                    }
+                } else {
+                    for (int r = 0; r < rows; r++) {
+                        float av = A[(i + r) * ars + p * acs];
+                        for (int v = 0; v < TILE_VECS; v++) acc[r][v] += av * bv[v];
+                    }
+                }
+            }
+            for (int r = 0; r < rows; r++)
+                for (int v = 0; v < TILE_VECS; v++) *(vf *)(C + (i + r) * ldc + j + 16 * v) = acc[r][v];
+        }
+    }
+    if (tiled == n) return;
+    for (long i = 0; i < m; i++) {
+        float *ci = C + i * ldc;
+        if (!accumulate) memset(ci + tiled, 0, (n - tiled) * sizeof(float));
+        for (long p = 0; p < k; p++) {
+            float av = A[i * ars + p * acs];
+            const float *bp = B + p * ldb;
+#pragma omp simd
+            for (long j = tiled; j < n; j++) ci[j] += av * bp[j];
+        }
+    }
+}
+
+/* One (l x l) block: decay = 2^clamp(a_r - a_s, floor, 0) for s <= r, else 0; M = decay * S. */
+static void decay_block(const float *ah, const float *s_, long l, float floor_, float *decay, float *M) {
+    for (long r = 0; r < l; r++) {
+        float ar = ah[r];
+#pragma omp simd
+        for (long s = 0; s < l; s++) {
+            float v = ar - ah[s];
+            v = v < floor_ ? floor_ : v;
+            v = s <= r ? exp2f(v > 0.0f ? 0.0f : v) : 0.0f;
+            decay[r * l + s] = v;
+            M[r * l + s] = v * s_[r * l + s];
+        }
+    }
+}
+
+/* y (nb, c, l, nh, p) in rows for the blocks q = (batch * c + chunk) in [q0, q1): M X, plus for chunks
+ * after the first y_inter (nb, c-1, g, l, hg*p) times ea (nb, c, l, nh). a (nb, c, nh, l), S (nb, c, g,
+ * l, l), xdt (nb, c, nh, l, p). */
+void ssd_intra_fwd(const float *a, const float *S, const float *xdt, const float *y_inter, const float *ea,
+                   float *y, long c, long g, long hg, long l, long p, float floor_, long q0, long q1) {
+    long nh = g * hg, ll = l * l;
+    float *D = malloc(ll * sizeof(float)), *M = malloc(ll * sizeof(float)), *Y = malloc(l * p * sizeof(float));
+    for (long q = q0; q < q1; q++) {
+        long b = q / c, k = q % c;
+        for (long hh = 0; hh < nh; hh++) {
+            decay_block(a + (q * nh + hh) * l, S + (q * g + hh / hg) * ll, l, floor_, D, M);
+            gemm(l, p, l, M, l, 1, xdt + (q * nh + hh) * l * p, p, Y, p, 0);
+            for (long r = 0; r < l; r++) {
+                float *yo = y + ((q * l + r) * nh + hh) * p;
+                if (k == 0) {
+                    memcpy(yo, Y + r * p, p * sizeof(float));
+                    continue;
+                }
+                const float *ye = y_inter + (((b * (c - 1) + k - 1) * g + hh / hg) * l + r) * hg * p + (hh % hg) * p;
+                float w = ea[(q * l + r) * nh + hh];
+#pragma omp simd
+                for (long i = 0; i < p; i++) yo[i] = Y[r * p + i] + ye[i] * w;
+            }
+        }
+    }
+    free(D);
+    free(M);
+    free(Y);
+}
+
+/* The backward of y = M X and of X = dt x for the blocks [q0, q1), given dy heads first (gyh, laid out
+ * like xdt) and the states' share of X's gradient, gxe (nb, c, l, nh, p), with xe = X w_end alike:
+ *   gX = M^T dy + gxe w_end  ->  gx = dt gX and gdt = <x, gX> in rows ((nb, L, nh, p), (nb, L, nh)),
+ *                                gw = <gxe, xe> (nb, c, l, nh): w_end's gradient times w_end;
+ *   P = dy X^T               ->  gS (nb, c, g, l, l) = sum over the group's heads of P decay, and with
+ *                                E = P decay S, ga (nb, c, nh, l) += row sums - column sums of E. */
+void ssd_intra_bwd(const float *a, const float *S, const float *xdt, const float *gyh, const float *gxe,
+                   const float *xe, const float *w_end, const float *x, const float *dt, float *gS, float *ga,
+                   float *gw, float *gx, float *gdt, long c, long g, long hg, long l, long p, long L,
+                   float floor_, long q0, long q1) {
+    long nh = g * hg, ll = l * l;
+    float *D = malloc(ll * sizeof(float)), *M = malloc(ll * sizeof(float)), *P = malloc(ll * sizeof(float));
+    float *G = malloc(l * p * sizeof(float)), *XT = malloc(p * l * sizeof(float));
+    for (long q = q0; q < q1; q++) {
+        long b = q / c, k = q % c, real = L - k * l < l ? L - k * l : l; /* steps of this chunk before L */
+        for (long gi = 0; gi < g; gi++) {
+            const float *s_ = S + (q * g + gi) * ll;
+            float *gs = gS + (q * g + gi) * ll;
+            memset(gs, 0, ll * sizeof(float));
+            for (long hh = gi * hg; hh < (gi + 1) * hg; hh++) {
+                const float *xb = xdt + (q * nh + hh) * l * p, *gb = gyh + (q * nh + hh) * l * p;
+                float *gah = ga + (q * nh + hh) * l;
+                decay_block(a + (q * nh + hh) * l, s_, l, floor_, D, M);
+
+                gemm(l, p, l, M, 1, l, gb, p, G, p, 0); /* M^T dy */
+                for (long r = 0; r < l; r++) {
+                    long at = (q * l + r) * nh + hh, row = (b * L + k * l + r) * nh + hh;
+                    if (r >= real) { /* padded step: xe and gxe are 0 there */
+                        gw[at] = 0.0f;
+                        continue;
+                    }
+                    const float *g2 = gxe + at * p, *xv = xe + at * p, *xr = x + row * p;
+                    float *gxr = gx + row * p, w = w_end[at], d = dt[row], dw = 0.0f, dx = 0.0f;
+#pragma omp simd reduction(+ : dw, dx)
+                    for (long i = 0; i < p; i++) {
+                        float gX = G[r * p + i] + g2[i] * w;
+                        dw += g2[i] * xv[i];
+                        dx += xr[i] * gX;
+                        gxr[i] = d * gX;
+                    }
+                    gw[at] = dw;
+                    gdt[row] = dx;
+                }
+
+                for (long i = 0; i < p; i++) /* X^T, for dy X^T as a product of row-major operands */
+#pragma omp simd
+                    for (long s = 0; s < l; s++) XT[i * l + s] = xb[s * p + i];
+                gemm(l, l, p, gb, p, 1, XT, l, P, l, 0); /* dy X^T */
+                for (long r = 0; r < l; r++) {
+                    float row = 0.0f;
+#pragma omp simd reduction(+ : row)
+                    for (long s = 0; s <= r; s++) {
+                        float v = P[r * l + s] * D[r * l + s], e = v * s_[r * l + s];
+                        gs[r * l + s] += v;
+                        row += e;
+                        gah[s] -= e;
+                    }
+                    gah[r] += row;
+                }
+            }
+        }
+    }
+    free(D);
+    free(M);
+    free(P);
+    free(G);
+    free(XT);
 }

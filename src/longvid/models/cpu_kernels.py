@@ -1,14 +1,17 @@
-"""Fused CPU loops (cpu_kernels.c) for the Mamba2 mixer's gated norm and causal conv, fp32.
+"""Fused CPU loops (cpu_kernels.c) for the Mamba2 mixer: gated norm, causal conv, and the chunked SSD
+scan's work between its large matrix products (ssd.py). fp32 only.
 
-As PyTorch ops, every elementwise step of these two was a pass over memory, and on one core of the
-Intel Xeon (Sapphire Rapids class) the bench ran on they took 29-44 ms of a ScanBlock's ~250 ms each at
-9.5k tokens; the C loops, which read each row once, take ~8 (norm, forward + backward). The
-C file is compiled once per machine by the system C compiler into the user's cache (keyed by source,
-flags, compiler and CPU, so -march=native is safe) and loaded with ctypes, whose calls release the
-GIL: with torch's thread count above 1 the rows are split over that many threads.
+As PyTorch ops every elementwise step was a pass over memory: on one core of an Intel Xeon (Sapphire
+Rapids class) at 9.5k tokens the norm took 29-35 ms and the conv 38-44 of a ~250 ms ScanBlock, forward
++ backward; as C loops that read each row once, 6 and 13. The scan's intra-chunk part runs per
+(chunk, head) block with its 64 x 64 matrices held in cache (scan 110 -> 85 ms). In all, a hybrid
+training step of bench/hybrid_vs_full.py took 0.88x the time of the same step in PyTorch ops (paired).
 
+The C file is compiled once per machine by the system C compiler into the user's cache (keyed by
+source, flags, compiler and CPU, so -march=native is safe) and loaded with ctypes, whose calls release
+the GIL: with torch's thread count above 1 the rows (or blocks) are split over that many threads.
 Where it cannot be built (no C compiler, not Linux on x86-64) the PyTorch code runs instead, after one
-warning; LONGVID_CPU_KERNELS=0 turns the loops off. Only fp32 CPU tensors take this path.
+warning; LONGVID_CPU_KERNELS=0 turns the loops off.
 """
 
 from __future__ import annotations
@@ -42,12 +45,10 @@ _SIGNATURES = {
     "conv_silu_bwd": [_P] * 5 + [_L] + [_P] * 3 + [_L] * 6,
     "ssd_handover_fwd": [_P] * 2 + [_L] * 6,
     "ssd_handover_bwd": [_P] * 4 + [_L] * 6,
-    "ssd_intra_bwd": [_P] * 5 + [_L] * 5,
-    "ssd_x_grads": [_P] * 9 + [_L] * 7,
     "ssd_x_chunks": [_P] * 5 + [_L] * 7,
-    "ssd_decay": [_P] * 4 + [_L] * 3 + [_F, _L, _L],
-    "ssd_y": [_P] * 4 + [_L] * 7,
     "ssd_gy_chunks": [_P] * 6 + [_L] * 8,
+    "ssd_intra_fwd": [_P] * 6 + [_L] * 5 + [_F, _L, _L],
+    "ssd_intra_bwd": [_P] * 14 + [_L] * 6 + [_F, _L, _L],
 }
 
 
@@ -210,30 +211,6 @@ def ssd_handover_backward(G: torch.Tensor, states: torch.Tensor, e: torch.Tensor
     return g_e
 
 
-def ssd_intra_backward(P: torch.Tensor, decay: torch.Tensor, S: torch.Tensor, ga: torch.Tensor):
-    """gS = sum over each group's heads of P * decay, returned (b, c, g, l, l); ga (b, c, h, l) +=
-    row sums - column sums of P * decay * S. P, decay (b, c, h, l, l); S (b, c, g, l, l)."""
-    b, c, h, l, _ = P.shape
-    g = S.shape[2]
-    P, decay, S = P.contiguous(), decay.contiguous(), S.contiguous()
-    gS = P.new_empty(b, c, g, l, l)
-    _over_rows(b * c, lambda q0, q1: library().ssd_intra_bwd(
-        _ptr(P), _ptr(decay), _ptr(S), _ptr(gS), _ptr(ga), g, h // g, l, q0, q1), min_rows=8)
-    return gS
-
-
-def ssd_x_grads(gxdt, gxe, xe, w_end, x, dt):
-    """With gX = gxdt (b, c, h, l, p) transposed + gxe * w_end (both (b, c, l, h, ...)):
-    (<gxe, xe> per step (b, c, l, h), dt * gX and <x, gX> in rows (b, L, h, p) and (b, L, h))."""
-    b, c, h, l, p = gxdt.shape
-    L = x.shape[1]
-    gxdt, gxe, xe, w_end, x, dt = (t.contiguous() for t in (gxdt, gxe, xe, w_end, x, dt))
-    gw, gx, gdt = w_end.new_empty(b, c, l, h), torch.empty_like(x), torch.empty_like(dt)
-    _over_rows(b * c, lambda q0, q1: library().ssd_x_grads(
-        *map(_ptr, (gxdt, gxe, xe, w_end, x, dt, gw, gx, gdt)), c, l, h, p, L, q0, q1), min_rows=8)
-    return gw, gx, gdt
-
-
 def ssd_x_chunks(x, dt, w_end, l: int):
     """X = dt * x in chunks of l steps: heads first (b, c, h, l, p), and in rows times w_end (b, c, l, h)
     as (b, c, l, h, p); padded steps 0."""
@@ -246,29 +223,6 @@ def ssd_x_chunks(x, dt, w_end, l: int):
     return xdt, xe
 
 
-def ssd_decay(a, S, hg: int, floor: float):
-    """decay = 2^clamp(a_r - a_s, floor, 0) below the diagonal, 0 above, and M = decay * S per head:
-    a (b, c, h, l), S (b, c, g, l, l) -> two (b, c, h, l, l)."""
-    b, c, h, l = a.shape
-    a, S = a.contiguous(), S.contiguous()
-    decay, M = a.new_empty(b, c, h, l, l), a.new_empty(b, c, h, l, l)
-    _over_rows(b * c, lambda q0, q1: library().ssd_decay(
-        *map(_ptr, (a, S, decay, M)), h // hg, hg, l, floor, q0, q1), min_rows=8)
-    return decay, M
-
-
-def ssd_y(y_intra, y_inter, ea):
-    """y (b, c, l, h, p) = y_intra (b, c, h, l, p) in rows + y_inter (b, c-1, g, l, hg*p) * ea (b, c, l, h)
-    for chunks after the first."""
-    b, c, h, l, p = y_intra.shape
-    g = y_inter.shape[2]
-    y_intra, y_inter, ea = y_intra.contiguous(), y_inter.contiguous(), ea.contiguous()
-    y = y_intra.new_empty(b, c, l, h, p)
-    _over_rows(b * c, lambda q0, q1: library().ssd_y(
-        *map(_ptr, (y_intra, y_inter, ea, y)), c, g, h // g, l, p, q0, q1), min_rows=8)
-    return y
-
-
 def ssd_gy_chunks(gy, ea, y_inter, ga):
     """gy (b, L, h, p) heads first in chunks (b, c, h, l, p), and G1 = gy * ea in chunks (b, c, l, h, p)
     (chunk 0 left 0) with ga (b, c, h, l) += <G1, y_inter> for chunks after the first."""
@@ -279,3 +233,29 @@ def ssd_gy_chunks(gy, ea, y_inter, ga):
     _over_rows(b * c, lambda q0, q1: library().ssd_gy_chunks(
         *map(_ptr, (gy, ea, y_inter, gyh, G1, ga)), c, g, h // g, l, p, L, q0, q1), min_rows=8)
     return gyh, G1
+
+
+def ssd_intra_forward(a, S, xdt, y_inter, ea, floor: float):
+    """y (b, c, l, h, p) = (decay * S) @ xdt per chunk and head, + y_inter * ea after the first chunk.
+    a (b, c, h, l), S (b, c, g, l, l), xdt (b, c, h, l, p), y_inter (b, c-1, g, l, hg*p), ea (b, c, l, h)."""
+    b, c, h, l, p = xdt.shape
+    g = S.shape[2]
+    a, S, xdt, y_inter, ea = (t.contiguous() for t in (a, S, xdt, y_inter, ea))
+    y = xdt.new_empty(b, c, l, h, p)
+    _over_rows(b * c, lambda q0, q1: library().ssd_intra_fwd(
+        *map(_ptr, (a, S, xdt, y_inter, ea, y)), c, g, h // g, l, p, floor, q0, q1), min_rows=8)
+    return y
+
+
+def ssd_intra_backward(a, S, xdt, gyh, gxe, xe, w_end, x, dt, ga, floor: float):
+    """The intra-chunk products' backward with X's (see cpu_kernels.c): adds into ga (b, c, h, l) and
+    returns gS (b, c, g, l, l), gw (b, c, l, h), gx (b, L, h, p), gdt (b, L, h)."""
+    b, c, h, l, p = xdt.shape
+    g, L = S.shape[2], x.shape[1]
+    a, S, xdt, gyh, gxe, xe, w_end, x, dt = (t.contiguous() for t in (a, S, xdt, gyh, gxe, xe, w_end, x, dt))
+    gS, gw = S.new_empty(b, c, g, l, l), x.new_empty(b, c, l, h)
+    gx, gdt = torch.empty_like(x), torch.empty_like(dt)
+    _over_rows(b * c, lambda q0, q1: library().ssd_intra_bwd(
+        *map(_ptr, (a, S, xdt, gyh, gxe, xe, w_end, x, dt, gS, ga, gw, gx, gdt)),
+        c, g, h // g, l, p, L, floor, q0, q1), min_rows=8)
+    return gS, gw, gx, gdt

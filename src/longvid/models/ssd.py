@@ -132,13 +132,13 @@ class _SSDChunked(torch.autograd.Function):
 
         # intra-chunk decays 2^(a_l - a_s), s <= l: the exponent clamped to [EXP2_FLOOR, 0] (a
         # fast-decaying head makes most of the matrix that small) and the future zeroed after
+        # (in C, block by block, together with y = M X further down)
         S = Cg @ Bg.transpose(-1, -2)  # (b,c,g,l,s)
-        if ctx.fused:
-            decay, M = cpu_kernels.ssd_decay(a, S, hg, EXP2_FLOOR)
-        else:
+        decay = M = None
+        if not ctx.fused:
             decay = (a[..., :, None] - a[..., None, :]).clamp_(EXP2_FLOOR, 0).exp2_().tril_()  # (b,c,h,l,s)
             M = decay.view(b, c, g, hg, l, l) * S[:, :, :, None]
-        y_intra = M.view(b, c, h, l, l) @ xdt  # (b,c,h,l,p)
+            y_intra = M.view(b, c, h, l, l) @ xdt  # (b,c,h,l,p)
 
         # Each chunk's own contribution to the state at its end, then the hand-over in place.
         xe = xe.view(b, c, l, g, hg * p).transpose(2, 3)  # (b,c,g,l,hg*p): X * w_end
@@ -154,7 +154,7 @@ class _SSDChunked(torch.autograd.Function):
         y_inter = Cg[:, 1:] @ states[:, :-1].view(b, c - 1, g, hg * p, n).transpose(-1, -2)  # (b,c-1,g,l,hp)
         ea_r = _decay(a).transpose(2, 3).contiguous()
         if ctx.fused:
-            y = cpu_kernels.ssd_y(y_intra, y_inter, ea_r)
+            y = cpu_kernels.ssd_intra_forward(a, S, xdt, y_inter, ea_r, EXP2_FLOOR)
         else:
             y = x.new_empty(b, c, l, h, p)  # rows in order
             y[:, 0] = y_intra[:, 0].transpose(1, 2)  # no state before the first chunk
@@ -210,27 +210,23 @@ class _SSDChunked(torch.autograd.Function):
         gxe = (Bg @ Gs.transpose(-1, -2)).view(b, c, g, l, hg, p).transpose(2, 3).reshape(b, c, l, h, p)
         gB = xe @ Gs  # (b,c,g,l,n)
 
-        # intra-chunk: y = M X with M = S * decay
-        gxdt = M.view(b, c, h, l, l).transpose(-1, -2) @ gyh  # (b,c,h,l,p)
-        # the gradient of X = dt * x, gX = gxdt + gxe * w_end, and what it gives x, dt and w_end
+        # intra-chunk: y = M X with M = S * decay; and X = dt * x, whose gradient is gX = gxdt + gxe * w_end
         xe_r = xe.transpose(2, 3).view(b, c, l, h, p)
-        if ctx.fused:
-            gw_r, gx, gdt = cpu_kernels.ssd_x_grads(gxdt, gxe, xe_r, w_end_r, x, dt)
+        if ctx.fused:  # per chunk and head in C, M and the products' results held in cache only
+            gS, gw_r, gx, gdt = cpu_kernels.ssd_intra_backward(a, S, xdt, gyh, gxe, xe_r, w_end_r, x, dt, ga,
+                                                                 EXP2_FLOOR)
         else:
+            gxdt = M.view(b, c, h, l, l).transpose(-1, -2) @ gyh  # (b,c,h,l,p)
             gw_r = torch.linalg.vecdot(gxe, xe_r)  # (b,c,l,h)
             gX = torch.addcmul(gxdt.transpose(2, 3), gxe, w_end_r[..., None])  # (b,c,l,h,p)
             gdt = _to_rows(x.new_empty(b, L, h), torch.linalg.vecdot, rows=(x,), chunks=(gX,))
             gx = _to_rows(x.new_empty(b, L, h, p), torch.mul, rows=(dt[..., None],), chunks=(gX,))
-        ga -= gw_r.transpose(2, 3)
-        ga[..., -1] += gw_r.sum(2)
-        P = gyh @ xdt.transpose(-1, -2)  # (b,c,h,l,l): gradient of M
-        if ctx.fused:
-            gS = cpu_kernels.ssd_intra_backward(P, decay, S, ga)
-        else:
-            P = P.mul_(decay).view(b, c, g, hg, l, l)  # gradient of S per head
+            P = (gyh @ xdt.transpose(-1, -2)).mul_(decay).view(b, c, g, hg, l, l)  # gradient of S per head
             gS = P[:, :, :, 0] if hg == 1 else P.sum(3)
             E = P.mul_(S[:, :, :, None]).view(b, c, h, l, l)  # gradient of the decay matrix times itself
             ga += E.sum(-1) - E.sum(-2)
+        ga -= gw_r.transpose(2, 3)
+        ga[..., -1] += gw_r.sum(2)
         gC += gS @ Bg
         gB += gS.transpose(-1, -2) @ Cg
 
