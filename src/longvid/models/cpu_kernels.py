@@ -113,7 +113,8 @@ def applies(*tensors: torch.Tensor | None) -> bool:
 
 
 @functools.cache
-def _pool(threads: int) -> ThreadPoolExecutor:
+def _pool(threads: int, pid: int) -> ThreadPoolExecutor:
+    """Per process: a forked child (a data loader worker) inherits the parent's pool without its threads."""
     return ThreadPoolExecutor(threads, thread_name_prefix="longvid-cpu")
 
 
@@ -126,7 +127,7 @@ def _over_rows(rows: int, call, *partials: torch.Tensor, min_rows: int = MIN_ROW
         return
     bounds = [rows * i // n for i in range(n + 1)]
     own = [[torch.zeros_like(p) for p in partials] for _ in range(n)]
-    for f in [_pool(n).submit(call, bounds[i], bounds[i + 1], *own[i]) for i in range(n)]:
+    for f in [_pool(n, os.getpid()).submit(call, bounds[i], bounds[i + 1], *own[i]) for i in range(n)]:
         f.result()
     for i, p in enumerate(partials):
         p += sum(o[i] for o in own)
