@@ -190,6 +190,14 @@ void ssd_handover_bwd(float *G, const float *states, const float *e, float *g_e,
 #pragma omp declare simd notinbranch
 extern float exp2f(float);
 
+/* Step t of a padded last chunk (t >= L): its two rows of p values are zero. Returns whether it was. */
+static int zero_past_end(long t, long L, float *row1, float *row2, long p) {
+    if (t < L) return 0;
+    memset(row1, 0, p * sizeof(float));
+    memset(row2, 0, p * sizeof(float));
+    return 1;
+}
+
 /* The scan's inputs in chunks, blocks q = (batch * c + chunk) in [q0, q1): xdt = dt x heads first
  * (nb, c, nh, l, p) for the intra-chunk product, xe = dt x w_end in rows (nb, c, l, nh, p) for the
  * states; steps past L are zero. x (nb, L, nh, p), dt (nb, L, nh), w_end (nb, c, l, nh). */
@@ -201,11 +209,7 @@ void ssd_x_chunks(const float *x, const float *dt, const float *w_end, float *xd
             long t = k * l + r;
             for (long hh = 0; hh < nh; hh++) {
                 float *d1 = xdt + ((q * nh + hh) * l + r) * p, *d2 = xe + ((q * l + r) * nh + hh) * p;
-                if (t >= L) {
-                    memset(d1, 0, p * sizeof(float));
-                    memset(d2, 0, p * sizeof(float));
-                    continue;
-                }
+                if (zero_past_end(t, L, d1, d2, p)) continue;
                 long row = (b * L + t) * nh + hh;
                 const float *xr = x + row * p;
                 float d = dt[row], de = d * w_end[(q * l + r) * nh + hh];
@@ -230,11 +234,7 @@ void ssd_gy_chunks(const float *gy, const float *ea, const float *y_inter, float
             long t = k * l + r;
             for (long hh = 0; hh < nh; hh++) {
                 float *gh = gyh + ((q * nh + hh) * l + r) * p, *g1 = G1 + ((q * l + r) * nh + hh) * p;
-                if (t >= L) {
-                    memset(gh, 0, p * sizeof(float));
-                    memset(g1, 0, p * sizeof(float));
-                    continue;
-                }
+                if (zero_past_end(t, L, gh, g1, p)) continue;
                 const float *gr = gy + ((b * L + t) * nh + hh) * p;
                 memcpy(gh, gr, p * sizeof(float));
                 if (k == 0) continue;
