@@ -91,13 +91,13 @@ def library() -> ctypes.CDLL | None:
     cc = os.environ.get("CC") or "cc"
     if platform.system() != "Linux" or platform.machine() != "x86_64" or not shutil.which(cc):
         why = f"C compiler {cc!r} not found" if platform.machine() == "x86_64" else "not Linux on x86-64"
-        warnings.warn(f"longvid: fused CPU loops off ({why}); Mamba2's norm and conv run as PyTorch ops")
+        warnings.warn(f"longvid: fused CPU loops off ({why}); Mamba2 runs as PyTorch ops only")
         return None
     try:
         lib = ctypes.CDLL(str(_build(cc)))
     except (OSError, RuntimeError, subprocess.CalledProcessError) as e:
         warnings.warn(f"longvid: fused CPU loops off (building {SOURCE.name} with {cc}: {e}); "
-                      "Mamba2's norm and conv run as PyTorch ops")
+                      "Mamba2 runs as PyTorch ops only")
         return None
     for name, args in _SIGNATURES.items():
         getattr(lib, name).argtypes = args

@@ -60,7 +60,7 @@ class CausalConv1dSiLU(torch.autograd.Function):
         ctx.fused = cpu_kernels.applies(x, weight, bias)
         if ctx.fused:  # one pass in C, each group written contiguous; the backward recomputes the conv
             x = x.contiguous()
-            weight_t = weight.view(weight.shape[0], -1).t().contiguous()  # (K, ch): taps in rows
+            weight_t = weight.reshape(weight.shape[0], -1).t().contiguous()  # (K, ch): taps in rows
             ctx.save_for_backward(x, weight_t, bias)
             return tuple(cpu_kernels.conv_silu_forward(x, weight_t, bias, sizes))
         ct = torch.promote_types(x.dtype, torch.float32)
