@@ -226,7 +226,7 @@ def ssd_x_chunks(x, dt, w_end, l: int):
 
 def ssd_gy_chunks(gy, ea, y_inter, ga):
     """gy (b, L, h, p) heads first in chunks (b, c, h, l, p), and G1 = gy * ea in chunks (b, c, l, h, p)
-    (chunk 0 left 0) with ga (b, c, h, l) += <G1, y_inter> for chunks after the first."""
+    (chunk 0 not written: it has no inter-chunk term) with ga (b, c, h, l) += <G1, y_inter> after it."""
     b, c, h, l = ga.shape
     g, p, L = y_inter.shape[2], gy.shape[-1], gy.shape[1]
     gy, ea, y_inter = gy.contiguous(), ea.contiguous(), y_inter.contiguous()
