@@ -1,11 +1,11 @@
-"""Fused CPU loops (cpu_kernels.c) for the Mamba2 mixer: gated norm, causal conv, and the chunked SSD
-scan's work between its large matrix products (ssd.py). fp32 only.
+"""Fused CPU loops (cpu_kernels.c) for the Mamba2 mixer: gated norm, causal conv, and the whole chunked
+SSD scan (ssd.py). fp32 only.
 
 As PyTorch ops every elementwise step was a pass over memory: on one core of an Intel Xeon (Sapphire
 Rapids class) at 9.5k tokens the norm took 29-35 ms and the conv 38-44 of a ~250 ms ScanBlock, forward
-+ backward; as C loops that read each row once, 6 and 13. The scan's intra-chunk part runs per
-(chunk, head) block with its 64 x 64 matrices held in cache (scan 110 -> 85 ms). In all, a hybrid
-training step of bench/hybrid_vs_full.py took 0.88x the time of the same step in PyTorch ops (paired).
++ backward; as C loops that read each row once, 6 and 13. The scan runs chunk after chunk per head with
+the head's state in cache and its products as small register-tiled loops (forward + backward of one
+scan at the benchmark's sizes: 78 ms as PyTorch batched products with C loops between them, 56 ms).
 
 The C file is compiled once per machine by the system C compiler into the user's cache (keyed by
 source, flags, compiler and CPU, so -march=native is safe) and loaded with ctypes, whose calls release
@@ -43,12 +43,8 @@ _SIGNATURES = {
     "gated_norm_bwd": [_P] * 12 + [_L, _L, _L, _L],
     "conv_silu_fwd": [_P] * 5 + [_L] * 7,
     "conv_silu_bwd": [_P] * 5 + [_L] + [_P] * 3 + [_L] * 6,
-    "ssd_handover_fwd": [_P] * 2 + [_L] * 6,
-    "ssd_handover_bwd": [_P] * 4 + [_L] * 6,
-    "ssd_x_chunks": [_P] * 5 + [_L] * 7,
-    "ssd_gy_chunks": [_P] * 6 + [_L] * 8,
-    "ssd_intra_fwd": [_P] * 6 + [_L] * 5 + [_F, _L, _L],
-    "ssd_intra_bwd": [_P] * 14 + [_L] * 6 + [_F, _L, _L],
+    "ssd_scan_fwd": [_P] * 8 + [_L] * 8 + [_F, _L, _L],
+    "ssd_scan_bwd": [_P] * 13 + [_L] * 8 + [_F, _L, _L],
 }
 
 
@@ -191,72 +187,38 @@ def conv_silu_backward(x, weight_t, bias, grads: list[torch.Tensor]):
     return gx, gwt, gb
 
 
-# The chunked SSD scan's loops between its matrix products (ssd.py names and shapes). Rows of a chunk
-# are l steps; blocks of work are (batch, head) pairs or (batch, chunk) pairs, split over threads.
+# The chunked SSD scan (ssd.py names and shapes), split over threads by heads within a group: each
+# thread carries its heads' states through all chunks; B's and C's gradients are sums over heads, so
+# each thread adds into its own zeroed copy of them.
 
-def ssd_handover_forward(states: torch.Tensor, e: torch.Tensor) -> None:
-    """In place: states[:, k] += e[:, k] * states[:, k - 1] chunk after chunk. states (b, c, h, p, n)
-    contiguous, e (b, c, h)."""
-    b, c, h = e.shape
-    e = e.contiguous()
-    _over_rows(b * h, lambda j0, j1: library().ssd_handover_fwd(
-        _ptr(states), _ptr(e), b, c, h, states[0, 0, 0].numel(), j0, j1), min_rows=1)
-
-
-def ssd_handover_backward(G: torch.Tensor, states: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-    """In place on G (b, c, h, p, n), the hand-over's backward; returns g_e (b, c, h), 0 for chunk 0."""
-    b, c, h = e.shape
-    e, g_e = e.contiguous(), e.new_zeros(b, c, h)
-    _over_rows(b * h, lambda j0, j1: library().ssd_handover_bwd(
-        _ptr(G), _ptr(states), _ptr(e), _ptr(g_e), b, c, h, states[0, 0, 0].numel(), j0, j1), min_rows=1)
-    return g_e
-
-
-def ssd_x_chunks(x, dt, w_end, l: int):
-    """X = dt * x in chunks of l steps: heads first (b, c, h, l, p), and in rows times w_end (b, c, l, h)
-    as (b, c, l, h, p); padded steps 0."""
+def _scan_geometry(x, B, a):
     b, L, h, p = x.shape
-    c = w_end.shape[1]
-    x, dt, w_end = x.contiguous(), dt.contiguous(), w_end.contiguous()
-    xdt, xe = x.new_empty(b, c, h, l, p), x.new_empty(b, c, l, h, p)
-    _over_rows(b * c, lambda q0, q1: library().ssd_x_chunks(
-        *map(_ptr, (x, dt, w_end, xdt, xe)), c, l, h, p, L, q0, q1), min_rows=8)
-    return xdt, xe
+    g, n = B.shape[-2:]
+    return b, L, a.shape[1], g, h // g, a.shape[-1], p, n
 
 
-def ssd_gy_chunks(gy, ea, y_inter, ga):
-    """gy (b, L, h, p) heads first in chunks (b, c, h, l, p), and G1 = gy * ea in chunks (b, c, l, h, p)
-    (chunk 0 not written: it has no inter-chunk term) with ga (b, c, h, l) += <G1, y_inter> after it."""
-    b, c, h, l = ga.shape
-    g, p, L = y_inter.shape[2], gy.shape[-1], gy.shape[1]
-    gy, ea, y_inter = gy.contiguous(), ea.contiguous(), y_inter.contiguous()
-    gyh, G1 = gy.new_empty(b, c, h, l, p), gy.new_empty(b, c, l, h, p)  # G1[:, 0] is never read
-    _over_rows(b * c, lambda q0, q1: library().ssd_gy_chunks(
-        *map(_ptr, (gy, ea, y_inter, gyh, G1, ga)), c, g, h // g, l, p, L, q0, q1), min_rows=8)
-    return gyh, G1
+def ssd_scan_forward(x, dt, a, B, C, floor: float):
+    """y (b, L, h, p), the final state (b, h, p, n), and the state before every chunk (b, h, c, p, n) for
+    the backward. x (b, L, h, p), dt (b, L, h), a (b, c, h, l): cumulative dt A per chunk in log2 units,
+    B and C (b, L, g, n)."""
+    x, dt, a, B, C = (t.contiguous() for t in (x, dt, a, B, C))
+    b, L, c, g, hg, l, p, n = geometry = _scan_geometry(x, B, a)
+    y, final, hprev = torch.empty_like(x), x.new_empty(b, g * hg, p, n), x.new_empty(b, g * hg, c, p, n)
+    _over_rows(hg, lambda h0, h1: library().ssd_scan_fwd(
+        *map(_ptr, (x, dt, a, B, C, y, hprev, final)), *geometry, floor, h0, h1), min_rows=1)
+    return y, final, hprev
 
 
-def ssd_intra_forward(a, S, xdt, y_inter, ea, floor: float):
-    """y (b, c, l, h, p) = (decay * S) @ xdt per chunk and head, + y_inter * ea after the first chunk.
-    a (b, c, h, l), S (b, c, g, l, l), xdt (b, c, h, l, p), y_inter (b, c-1, g, l, hg*p), ea (b, c, l, h)."""
-    b, c, h, l, p = xdt.shape
-    g = S.shape[2]
-    a, S, xdt, y_inter, ea = (t.contiguous() for t in (a, S, xdt, y_inter, ea))
-    y = xdt.new_empty(b, c, l, h, p)
-    _over_rows(b * c, lambda q0, q1: library().ssd_intra_fwd(
-        *map(_ptr, (a, S, xdt, y_inter, ea, y)), c, g, h // g, l, p, floor, q0, q1), min_rows=8)
-    return y
-
-
-def ssd_intra_backward(a, S, xdt, gyh, gxe, xe, w_end, x, dt, ga, floor: float):
-    """The intra-chunk products' backward with X's (see cpu_kernels.c): adds into ga (b, c, h, l) and
-    returns gS (b, c, g, l, l), gw (b, c, l, h), gx (b, L, h, p), gdt (b, L, h)."""
-    b, c, h, l, p = xdt.shape
-    g, L = S.shape[2], x.shape[1]
-    a, S, xdt, gyh, gxe, xe, w_end, x, dt = (t.contiguous() for t in (a, S, xdt, gyh, gxe, xe, w_end, x, dt))
-    gS, gw = S.new_empty(b, c, g, l, l), x.new_empty(b, c, l, h)
-    gx, gdt = torch.empty_like(x), torch.empty_like(dt)
-    _over_rows(b * c, lambda q0, q1: library().ssd_intra_bwd(
-        *map(_ptr, (a, S, xdt, gyh, gxe, xe, w_end, x, dt, gS, ga, gw, gx, gdt)),
-        c, g, h // g, l, p, L, floor, q0, q1), min_rows=8)
-    return gS, gw, gx, gdt
+def ssd_scan_backward(x, dt, a, B, C, hprev, gy, g_final, floor: float):
+    """Gradients of ssd_scan_forward's y and final state (either None for zero): gx, gdt, ga (b, c, h, l)
+    in natural units (a's own cumulative sum is the caller's), gB, gC."""
+    x, dt, a, B, C = (t.contiguous() for t in (x, dt, a, B, C))
+    gy = torch.zeros_like(x) if gy is None else gy.contiguous()
+    g_final = None if g_final is None else g_final.contiguous()
+    b, L, c, g, hg, l, p, n = geometry = _scan_geometry(x, B, a)
+    gx, gdt, ga = torch.empty_like(x), torch.empty_like(dt), a.new_zeros(a.shape)
+    gB, gC = torch.zeros_like(B), torch.zeros_like(C)
+    _over_rows(hg, lambda h0, h1, gB_, gC_: library().ssd_scan_bwd(
+        *map(_ptr, (x, dt, a, B, C, hprev, gy, g_final, gx, gdt, ga, gB_, gC_)), *geometry, floor, h0, h1),
+        gB, gC, min_rows=1)
+    return gx, gdt, ga, gB, gC

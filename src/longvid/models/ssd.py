@@ -115,59 +115,55 @@ class _SSDChunked(torch.autograd.Function):
         # kernels; in fp32 the cancellation error stays small for chunks of a few hundred steps
         dt_c = F.pad(dt, (0, 0, 0, c * l - L)).view(b, c, l, h)
         a = (dt_c * (A * LOG2E)).cumsum(2).transpose(2, 3).contiguous()
+        if ctx.fused:  # chunk after chunk per head in C, the state held in cache
+            y, final, hprev = cpu_kernels.ssd_scan_forward(x, dt, a, B, C, EXP2_FLOOR)
+            ctx.save_for_backward(x, dt, A, a, B, C, hprev)
+            ctx.set_materialize_grads(False)
+            return y, final
         # Per-step factors are kept in row order (b,c,l,h) like x and y (suffix _r): elementwise ops
         # whose operands share one layout ran 2-3x faster than with a permuted operand.
         w_end_r = _decay(a[..., -1:] - a).transpose(2, 3).contiguous()  # from a step to its chunk's end
         # X = dt * x twice: heads first for the intra-chunk product (one bmm), and in rows times w_end
         # for the states
-        if ctx.fused:
-            xdt, xe = cpu_kernels.ssd_x_chunks(x, dt, w_end_r, l)
-        else:
-            xdt = x.new_empty(b, c, h, l, p)
-            _to_chunks(xdt.transpose(2, 3), torch.mul, rows=(x, dt[..., None]))
-            xe = _to_chunks(x.new_empty(b, c, l, h, p), torch.mul, rows=(x,),
-                            chunks=((dt_c * w_end_r)[..., None],))
+        xdt = x.new_empty(b, c, h, l, p)
+        _to_chunks(xdt.transpose(2, 3), torch.mul, rows=(x, dt[..., None]))
+        xe = _to_chunks(x.new_empty(b, c, l, h, p), torch.mul, rows=(x,), chunks=((dt_c * w_end_r)[..., None],))
         Bg, Cg = (_to_chunks(x.new_empty(b, c, g, l, n).transpose(2, 3), _copy, rows=(t,)).transpose(2, 3)
                   for t in (B, C))  # (b,c,g,l,n)
 
         # intra-chunk decays 2^(a_l - a_s), s <= l: the exponent clamped to [EXP2_FLOOR, 0] (a
         # fast-decaying head makes most of the matrix that small) and the future zeroed after
-        # (in C, block by block, together with y = M X further down)
         S = Cg @ Bg.transpose(-1, -2)  # (b,c,g,l,s)
-        decay = M = None
-        if not ctx.fused:
-            decay = (a[..., :, None] - a[..., None, :]).clamp_(EXP2_FLOOR, 0).exp2_().tril_()  # (b,c,h,l,s)
-            M = decay.view(b, c, g, hg, l, l) * S[:, :, :, None]
-            y_intra = M.view(b, c, h, l, l) @ xdt  # (b,c,h,l,p)
+        decay = (a[..., :, None] - a[..., None, :]).clamp_(EXP2_FLOOR, 0).exp2_().tril_()  # (b,c,h,l,s)
+        M = decay.view(b, c, g, hg, l, l) * S[:, :, :, None]
+        y_intra = M.view(b, c, h, l, l) @ xdt  # (b,c,h,l,p)
 
         # Each chunk's own contribution to the state at its end, then the hand-over in place.
         xe = xe.view(b, c, l, g, hg * p).transpose(2, 3)  # (b,c,g,l,hg*p): X * w_end
         states = (xe.transpose(-1, -2) @ Bg).view(b, c, h, p, n)
         e = _decay(a[..., -1])  # (b,c,h): each chunk's decay over all of it
-        if ctx.fused:
-            cpu_kernels.ssd_handover_forward(states, e)
-        else:
-            es, hs = e[..., None, None].unbind(1), states.unbind(1)
-            for k in range(1, c):
-                hs[k].addcmul_(hs[k - 1], es[k])
+        es, hs = e[..., None, None].unbind(1), states.unbind(1)
+        for k in range(1, c):
+            hs[k].addcmul_(hs[k - 1], es[k])
 
         y_inter = Cg[:, 1:] @ states[:, :-1].view(b, c - 1, g, hg * p, n).transpose(-1, -2)  # (b,c-1,g,l,hp)
         ea_r = _decay(a).transpose(2, 3).contiguous()
-        if ctx.fused:
-            y = cpu_kernels.ssd_intra_forward(a, S, xdt, y_inter, ea_r, EXP2_FLOOR)
-        else:
-            y = x.new_empty(b, c, l, h, p)  # rows in order
-            y[:, 0] = y_intra[:, 0].transpose(1, 2)  # no state before the first chunk
-            torch.addcmul(y_intra.view(b, c, g, hg, l, p)[:, 1:].permute(0, 1, 4, 2, 3, 5),
-                          y_inter.view(b, c - 1, g, l, hg, p).transpose(2, 3),
-                          ea_r.view(b, c, l, g, hg)[:, 1:, ..., None],
-                          out=y[:, 1:].view(b, c - 1, l, g, hg, p))
+        y = x.new_empty(b, c, l, h, p)  # rows in order
+        y[:, 0] = y_intra[:, 0].transpose(1, 2)  # no state before the first chunk
+        torch.addcmul(y_intra.view(b, c, g, hg, l, p)[:, 1:].permute(0, 1, 4, 2, 3, 5),
+                      y_inter.view(b, c - 1, g, l, hg, p).transpose(2, 3),
+                      ea_r.view(b, c, l, g, hg)[:, 1:, ..., None],
+                      out=y[:, 1:].view(b, c - 1, l, g, hg, p))
         ctx.save_for_backward(x, dt, A, a, xdt, Bg, Cg, decay, S, M, w_end_r, ea_r, xe, states, y_inter)
         ctx.set_materialize_grads(False)
         return y.view(b, c * l, h, p)[:, :L], states[:, -1].clone()
 
     @staticmethod
     def backward(ctx, gy, g_final):
+        if ctx.fused:
+            x, dt, A, a, B, C, hprev = ctx.saved_tensors
+            gx, gdt, ga, gB, gC = cpu_kernels.ssd_scan_backward(x, dt, a, B, C, hprev, gy, g_final, EXP2_FLOOR)
+            return _with_decay_grads(gx, gdt, ga, gB, gC, A, dt)
         x, dt, A, a, xdt, Bg, Cg, decay, S, M, w_end_r, ea_r, xe, states, y_inter = ctx.saved_tensors
         b, c, h, l, p = xdt.shape
         g, n, L = Bg.shape[2], Bg.shape[-1], x.shape[1]
@@ -175,16 +171,12 @@ class _SSDChunked(torch.autograd.Function):
         gy = x.new_zeros(x.shape) if gy is None else gy
         ga = x.new_zeros(b, c, h, l)
 
-        # inter-chunk term y += exp(a_l) C_l h_{k-1}, chunks 1..c-1
-        if ctx.fused:  # and dy heads first (gyh) for the intra-chunk products below
-            gyh, G1 = cpu_kernels.ssd_gy_chunks(gy, ea_r, y_inter, ga)
-            G1 = G1[:, 1:]
-        else:
-            G1 = _to_chunks(x.new_empty(b, c, l, h, p), torch.mul, rows=(gy,), chunks=(ea_r[..., None],))
-            G1 = G1[:, 1:]
-            ga[:, 1:] += torch.linalg.vecdot(G1.view(b, c - 1, l, g, hg, p), y_inter.view(
-                b, c - 1, g, l, hg, p).transpose(2, 3)).view(b, c - 1, l, h).transpose(2, 3)
-            gyh = _to_chunks(x.new_empty(b, c, h, l, p).transpose(2, 3), _copy, rows=(gy,)).transpose(2, 3)
+        # inter-chunk term y += exp(a_l) C_l h_{k-1}, chunks 1..c-1; and dy heads first (gyh) for the
+        # intra-chunk products below
+        G1 = _to_chunks(x.new_empty(b, c, l, h, p), torch.mul, rows=(gy,), chunks=(ea_r[..., None],))[:, 1:]
+        ga[:, 1:] += torch.linalg.vecdot(G1.view(b, c - 1, l, g, hg, p), y_inter.view(
+            b, c - 1, g, l, hg, p).transpose(2, 3)).view(b, c - 1, l, h).transpose(2, 3)
+        gyh = _to_chunks(x.new_empty(b, c, h, l, p).transpose(2, 3), _copy, rows=(gy,)).transpose(2, 3)
         G1 = G1.view(b, c - 1, l, g, hg * p).transpose(2, 3)  # (b,c-1,g,l,hg*p)
         gC = x.new_zeros(b, c, g, l, n)
         torch.matmul(G1, states[:, :-1].view(b, c - 1, g, hg * p, n), out=gC[:, 1:])
@@ -196,14 +188,11 @@ class _SSDChunked(torch.autograd.Function):
         Gh = Gs.view(b, c, h, p, n)
         # and the gradient of each chunk's decay, sum(G_k * h_{k-1}), taken while G_k is in cache
         e = _decay(a[..., -1])
-        if ctx.fused:
-            g_e = cpu_kernels.ssd_handover_backward(Gh, states, e)
-        else:
-            es, gs, hs = e[..., None, None].unbind(1), Gh.flatten(-2).unbind(1), states.flatten(-2).unbind(1)
-            g_e = x.new_zeros(b, c, h)
-            for k in range(c - 1, 0, -1):
-                torch.linalg.vecdot(gs[k], hs[k - 1], out=g_e[:, k])
-                Gh[:, k - 1].addcmul_(Gh[:, k], es[k])
+        es, gs, hs = e[..., None, None].unbind(1), Gh.flatten(-2).unbind(1), states.flatten(-2).unbind(1)
+        g_e = x.new_zeros(b, c, h)
+        for k in range(c - 1, 0, -1):
+            torch.linalg.vecdot(gs[k], hs[k - 1], out=g_e[:, k])
+            Gh[:, k - 1].addcmul_(Gh[:, k], es[k])
         ga[..., -1] += g_e * e
 
         # own contributions: states = xe^T B with xe = X * w_end
@@ -212,30 +201,31 @@ class _SSDChunked(torch.autograd.Function):
 
         # intra-chunk: y = M X with M = S * decay; and X = dt * x, whose gradient is gX = gxdt + gxe * w_end
         xe_r = xe.transpose(2, 3).view(b, c, l, h, p)
-        if ctx.fused:  # per chunk and head in C, M and the products' results held in cache only
-            gS, gw_r, gx, gdt = cpu_kernels.ssd_intra_backward(a, S, xdt, gyh, gxe, xe_r, w_end_r, x, dt, ga,
-                                                                 EXP2_FLOOR)
-        else:
-            gxdt = M.view(b, c, h, l, l).transpose(-1, -2) @ gyh  # (b,c,h,l,p)
-            gw_r = torch.linalg.vecdot(gxe, xe_r)  # (b,c,l,h)
-            gX = torch.addcmul(gxdt.transpose(2, 3), gxe, w_end_r[..., None])  # (b,c,l,h,p)
-            gdt = _to_rows(x.new_empty(b, L, h), torch.linalg.vecdot, rows=(x,), chunks=(gX,))
-            gx = _to_rows(x.new_empty(b, L, h, p), torch.mul, rows=(dt[..., None],), chunks=(gX,))
-            P = (gyh @ xdt.transpose(-1, -2)).mul_(decay).view(b, c, g, hg, l, l)  # gradient of S per head
-            gS = P[:, :, :, 0] if hg == 1 else P.sum(3)
-            E = P.mul_(S[:, :, :, None]).view(b, c, h, l, l)  # gradient of the decay matrix times itself
-            ga += E.sum(-1) - E.sum(-2)
+        gxdt = M.view(b, c, h, l, l).transpose(-1, -2) @ gyh  # (b,c,h,l,p)
+        gw_r = torch.linalg.vecdot(gxe, xe_r)  # (b,c,l,h)
+        gX = torch.addcmul(gxdt.transpose(2, 3), gxe, w_end_r[..., None])  # (b,c,l,h,p)
+        gdt = _to_rows(x.new_empty(b, L, h), torch.linalg.vecdot, rows=(x,), chunks=(gX,))
+        gx = _to_rows(x.new_empty(b, L, h, p), torch.mul, rows=(dt[..., None],), chunks=(gX,))
+        P = (gyh @ xdt.transpose(-1, -2)).mul_(decay).view(b, c, g, hg, l, l)  # gradient of S per head
+        gS = P[:, :, :, 0] if hg == 1 else P.sum(3)
+        E = P.mul_(S[:, :, :, None]).view(b, c, h, l, l)  # gradient of the decay matrix times itself
+        ga += E.sum(-1) - E.sum(-2)
         ga -= gw_r.transpose(2, 3)
         ga[..., -1] += gw_r.sum(2)
         gC += gS @ Bg
         gB += gS.transpose(-1, -2) @ Cg
-
-        # a = cumsum(dt * A) within each chunk: a step's gradient is the sum over later steps
-        g_dA = ga.flip(-1).cumsum(-1).flip(-1).transpose(2, 3).reshape(b, c * l, h)[:, :L]
-        gdt.addcmul_(g_dA, A)
-        gA = (g_dA * dt).sum((0, 1))
         if g == 1:  # (b,c,1,l,n) is already in row order
             gB, gC = (t.view(b, c * l, g, n)[:, :L] for t in (gB, gC))
         else:
             gB, gC = (_to_rows(x.new_empty(b, L, g, n), _copy, chunks=(t.transpose(2, 3),)) for t in (gB, gC))
-        return gx, gdt, gA, gB, gC, None
+        return _with_decay_grads(gx, gdt, ga, gB, gC, A, dt)
+
+
+def _with_decay_grads(gx, gdt, ga, gB, gC, A, dt):
+    """The backward's results, given ga (b, c, h, l), the gradient of the cumulative log-decays: a =
+    cumsum(dt * A) within each chunk, so a step's gradient is the sum over later steps."""
+    b, c, h, l = ga.shape
+    g_dA = ga.flip(-1).cumsum(-1).flip(-1).transpose(2, 3).reshape(b, c * l, h)[:, :dt.shape[1]]
+    gdt.addcmul_(g_dA, A)
+    gA = (g_dA * dt).sum((0, 1))
+    return gx, gdt, gA, gB, gC, None
