@@ -126,15 +126,18 @@ def test_switched_off_by_environment(monkeypatch):
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("b, L, h, g, chunk, p", [(1, 64, 4, 1, 16, 8), (2, 45, 4, 2, 16, 8),
-                                                   (2, 300, 2, 1, 32, 8), (1, 200, 2, 1, 64, 64),
-                                                   (2, 130, 4, 2, 50, 40)])
+                                                   (2, 300, 2, 1, 25, 32), (1, 200, 2, 1, 64, 64),
+                                                   (2, 130, 4, 2, 50, 40), (1, 11, 2, 1, 16, 32),
+                                                   (1, 40, 6, 2, 15, 32)])
 def test_scan_matches_pytorch(monkeypatch, threads, b, L, h, g, chunk, p):
-    """The chunked scan's C loops: y, the final state and every input's gradient, for whole and padded
-    last chunks, groups of heads, split over threads, and chunk and head sizes that take the C products'
-    register tiles (6 rows x 32 columns), their remainders (50 = 8 x 6 + 2 rows; 40 = 32 + 8 columns),
-    or only the plain loops (8 and 16 wide)."""
+    """The chunked scan in C: y, the final state and every input's gradient, for whole and padded last
+    chunks, a sequence shorter than one chunk, groups of heads (3 per group split unevenly over 2
+    threads), and chunk and head sizes that take the C products' register tiles (6 rows x 32 columns on
+    AVX-512), every row remainder (chunks of 25, 50, 15, 16, 11: 1-5 rows left) and column remainder
+    (40 = 32 + 8) or only the plain loops (8 wide), and the transposes' 8 x 8 blocks or their fallback
+    (chunks of 25, 50, 15, 11)."""
     torch.manual_seed(0)
-    n = 16
+    n = 32  # the state size: the columns of the B and C gradients' products, one whole register tile
     x, B, C = torch.randn(b, L, h, p), torch.randn(b, L, g, n), torch.randn(b, L, g, n)
     dt, A = torch.rand(b, L, h) * 0.2 + 0.01, -torch.rand(h) * 4 - 0.5
     previous = torch.get_num_threads()
