@@ -340,17 +340,17 @@ static float *scratch(long l, long p, long n, long heads, float **bufs) {
 
 /* Forward for heads [h0, h1) of every group and batch. x (nb, L, nh, p), dt (nb, L, nh), a (nb, c, nh, l)
  * in log2 units, B and C (nb, L, g, n) -> y (nb, L, nh, p); hprev (nb, nh, c, p, n): the state before
- * each chunk (for the backward); final (nb, nh, p, n). Each head's state is held as (n x p). */
+ * each chunk (for the backward); final (nb, nh, p, n). Each chunk's state update writes the next slot of
+ * hprev (or final), which stays in cache for the next chunk: no copy of the state is kept elsewhere. */
 void ssd_scan_fwd(const float *x, const float *dt, const float *a, const float *B, const float *C, float *y,
                   float *hprev, float *final, long nb, long L, long c, long g, long hg, long l, long p, long n,
                   float floor_, long h0, long h1) {
     long nh = g * hg;
-    float *f[SCAN_BUFFERS], *mem = scratch(l, p, n, h1 - h0, f);
+    float *f[SCAN_BUFFERS], *mem = scratch(l, p, n, 0, f);
     float *Bk = f[0], *Ck = f[1], *BT = f[2], *S = f[3], *D = f[4], *M = f[5], *X = f[6], *XE = f[7], *Y = f[8];
-    float *Ce = f[9], *w_end = f[10], *ea = f[11], *H = mem + SCAN_BUFFERS * (f[1] - f[0]);
+    float *Ce = f[9], *w_end = f[10], *ea = f[11], *HT = f[12];
     for (long b = 0; b < nb; b++) {
         for (long gi = 0; gi < g; gi++) {
-            memset(H, 0, (h1 - h0) * n * p * sizeof(float));
             for (long k = 0; k < c; k++) {
                 long real = L - k * l < l ? L - k * l : l;
                 load_rows(B, b, k, L, l, g, gi, n, Bk);
@@ -359,7 +359,8 @@ void ssd_scan_fwd(const float *x, const float *dt, const float *a, const float *
                 gemm(l, l, n, Ck, n, 1, BT, l, S, l, 0); /* S = C B^T */
                 for (long j = h0; j < h1; j++) {
                     long hh = gi * hg + j;
-                    float *hT = H + (j - h0) * n * p;
+                    float *h = hprev + ((b * nh + hh) * c + k) * p * n; /* (p x n) */
+                    float *h_next = k + 1 < c ? h + p * n : final + (b * nh + hh) * p * n;
                     const float *ah = a + ((b * c + k) * nh + hh) * l;
                     float e = chunk_inputs(x, dt, ah, b, k, L, l, nh, hh, p, floor_, X, XE, w_end, ea);
                     decay_block(ah, S, l, floor_, D, M);
@@ -368,17 +369,19 @@ void ssd_scan_fwd(const float *x, const float *dt, const float *a, const float *
                         for (long r = 0; r < l; r++)
 #pragma omp simd
                             for (long i = 0; i < n; i++) Ce[r * n + i] = Ck[r * n + i] * ea[r];
-                        gemm(l, p, n, Ce, n, 1, hT, p, Y, p, 1);
+                        transpose(h, p, n, HT);
+                        gemm(l, p, n, Ce, n, 1, HT, p, Y, p, 1);
                     }
                     for (long r = 0; r < real; r++)
                         memcpy(y + ((b * L + k * l + r) * nh + hh) * p, Y + r * p, p * sizeof(float));
-                    transpose(hT, n, p, hprev + ((b * nh + hh) * c + k) * p * n);
-                    scale(hT, n * p, e);
-                    gemm(n, p, l, Bk, 1, n, XE, p, hT, p, 1); /* h = e h + B^T XE */
+                    if (k == 0) /* no state before the first chunk */
+                        memset(h, 0, p * n * sizeof(float));
+                    else
+#pragma omp simd
+                        for (long i = 0; i < p * n; i++) h_next[i] = e * h[i];
+                    gemm(p, n, l, XE, 1, p, Bk, n, h_next, n, k > 0); /* h = e h + XE^T B */
                 }
             }
-            for (long j = h0; j < h1; j++)
-                transpose(H + (j - h0) * n * p, n, p, final + (b * nh + gi * hg + j) * p * n);
         }
     }
     free(mem);
