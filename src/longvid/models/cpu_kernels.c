@@ -240,17 +240,24 @@ static void decay_block(const float *ah, const float *s_, long l, float floor_, 
     }
 }
 
-/* Rows [k l, k l + l) of row w-wide slot `slot` of a (nb, L, slots, w) tensor, batch b, into dst (l x w);
- * rows at or past L are zero (a padded last chunk). */
-static void load_rows(const float *src, long b, long k, long L, long l, long slots, long slot, long w,
-                      float *dst) {
+/* Rows [k l, k l + l) of the w-wide slot `slot` of a (nb, L, slots, w) tensor, batch b: where the chunk is
+ * whole, a pointer into the tensor (row stride slots * w); else a copy into buf (row stride w) with the
+ * rows at or past L zero. *stride gets the row stride. */
+static const float *chunk_rows(const float *src, long b, long k, long L, long l, long slots, long slot, long w,
+                               float *buf, long *stride) {
+    if (k * l + l <= L) {
+        *stride = slots * w;
+        return src + ((b * L + k * l) * slots + slot) * w;
+    }
     for (long r = 0; r < l; r++) {
         long t = k * l + r;
         if (t < L)
-            memcpy(dst + r * w, src + ((b * L + t) * slots + slot) * w, w * sizeof(float));
+            memcpy(buf + r * w, src + ((b * L + t) * slots + slot) * w, w * sizeof(float));
         else
-            memset(dst + r * w, 0, w * sizeof(float));
+            memset(buf + r * w, 0, w * sizeof(float));
     }
+    *stride = w;
+    return buf;
 }
 
 #ifdef __AVX__
@@ -277,21 +284,21 @@ static inline void transpose8(const float *src, long ss, float *dst, long ds) {
 }
 #endif
 
-/* dst (cols x rows) = src (rows x cols) transposed. By 8 x 8 blocks in registers where the sizes allow
- * (element by element, the transposes took a third of the forward's time), else by 16 x 16 blocks, so
- * that a destination in memory is written a cache line at a time. */
-static void transpose(const float *src, long rows, long cols, float *dst) {
+/* dst (cols x rows, contiguous) = src (rows x cols, row stride ss) transposed. By 8 x 8 blocks in
+ * registers where the sizes allow (element by element, the transposes took a third of the forward's
+ * time), else by 16 x 16 blocks, so that rows are read and written a cache line at a time. */
+static void transpose(const float *src, long rows, long cols, long ss, float *dst) {
 #ifdef __AVX__
     if (rows % 8 == 0 && cols % 8 == 0) {
         for (long i = 0; i < rows; i += 8)
-            for (long j = 0; j < cols; j += 8) transpose8(src + i * cols + j, cols, dst + j * rows + i, rows);
+            for (long j = 0; j < cols; j += 8) transpose8(src + i * ss + j, ss, dst + j * rows + i, rows);
         return;
     }
 #endif
     for (long i0 = 0; i0 < rows; i0 += 16)
         for (long j0 = 0; j0 < cols; j0 += 16)
             for (long j = j0; j < (j0 + 16 < cols ? j0 + 16 : cols); j++)
-                for (long i = i0; i < (i0 + 16 < rows ? i0 + 16 : rows); i++) dst[j * rows + i] = src[i * cols + j];
+                for (long i = i0; i < (i0 + 16 < rows ? i0 + 16 : rows); i++) dst[j * rows + i] = src[i * ss + j];
 }
 
 static inline float floored_exp2(float v, float floor_) { return exp2f(v < floor_ ? floor_ : v); }
@@ -301,9 +308,12 @@ static inline float floored_exp2(float v, float floor_) { return exp2f(v < floor
 static float chunk_inputs(const float *x, const float *dt, const float *ah, long b, long k, long L, long l,
                           long nh, long hh, long p, float floor_, float *X, float *XE, float *w_end, float *ea) {
     float last = ah[l - 1];
+#pragma omp simd
     for (long r = 0; r < l; r++) {
         w_end[r] = floored_exp2(last - ah[r], floor_);
         ea[r] = floored_exp2(ah[r], floor_);
+    }
+    for (long r = 0; r < l; r++) {
         long t = k * l + r;
         if (t >= L) {
             memset(X + r * p, 0, p * sizeof(float));
@@ -339,47 +349,53 @@ static float *scratch(long l, long p, long n, long heads, float **bufs) {
 }
 
 /* Forward for heads [h0, h1) of every group and batch. x (nb, L, nh, p), dt (nb, L, nh), a (nb, c, nh, l)
- * in log2 units, B and C (nb, L, g, n) -> y (nb, L, nh, p); hprev (nb, nh, c, p, n): the state before
- * each chunk (for the backward); final (nb, nh, p, n). Each chunk's state update writes the next slot of
- * hprev (or final), which stays in cache for the next chunk: no copy of the state is kept elsewhere. */
+ * in log2 units, B and C (nb, L, g, n) -> y (nb, L, nh, p); for the backward S = C B^T per chunk (nb, g,
+ * c, l, l) and hprev (nb, nh, c, p, n), the state before each chunk; final (nb, nh, p, n). Each chunk's
+ * state update writes the next slot of hprev (or final), which stays in cache for the next chunk. Whole
+ * chunks read B and C, and write y, in place; a padded last chunk goes through copies. */
 void ssd_scan_fwd(const float *x, const float *dt, const float *a, const float *B, const float *C, float *y,
-                  float *hprev, float *final, long nb, long L, long c, long g, long hg, long l, long p, long n,
-                  float floor_, long h0, long h1) {
+                  float *S, float *hprev, float *final, long nb, long L, long c, long g, long hg, long l, long p,
+                  long n, float floor_, long h0, long h1) {
     long nh = g * hg;
     float *f[SCAN_BUFFERS], *mem = scratch(l, p, n, 0, f);
-    float *Bk = f[0], *Ck = f[1], *BT = f[2], *S = f[3], *D = f[4], *M = f[5], *X = f[6], *XE = f[7], *Y = f[8];
-    float *Ce = f[9], *w_end = f[10], *ea = f[11], *HT = f[12];
+    float *Bbuf = f[0], *Cbuf = f[1], *BT = f[2], *D = f[3], *M = f[4], *X = f[5], *XE = f[6], *Ybuf = f[7];
+    float *Ce = f[8], *w_end = f[9], *ea = f[10], *HT = f[11], *Sbuf = f[12];
     for (long b = 0; b < nb; b++) {
         for (long gi = 0; gi < g; gi++) {
             for (long k = 0; k < c; k++) {
-                long real = L - k * l < l ? L - k * l : l;
-                load_rows(B, b, k, L, l, g, gi, n, Bk);
-                load_rows(C, b, k, L, l, g, gi, n, Ck);
-                transpose(Bk, l, n, BT);
-                gemm(l, l, n, Ck, n, 1, BT, l, S, l, 0); /* S = C B^T */
+                long real = L - k * l < l ? L - k * l : l, bs, cs;
+                const float *Bk = chunk_rows(B, b, k, L, l, g, gi, n, Bbuf, &bs);
+                const float *Ck = chunk_rows(C, b, k, L, l, g, gi, n, Cbuf, &cs);
+                /* every call needs S; the one with the group's first head keeps it */
+                float *Sk = h0 == 0 ? S + ((b * g + gi) * c + k) * l * l : Sbuf;
+                transpose(Bk, l, n, bs, BT);
+                gemm(l, l, n, Ck, cs, 1, BT, l, Sk, l, 0); /* S = C B^T */
                 for (long j = h0; j < h1; j++) {
                     long hh = gi * hg + j;
                     float *h = hprev + ((b * nh + hh) * c + k) * p * n; /* (p x n) */
                     float *h_next = k + 1 < c ? h + p * n : final + (b * nh + hh) * p * n;
                     const float *ah = a + ((b * c + k) * nh + hh) * l;
+                    float *Y = real == l ? y + ((b * L + k * l) * nh + hh) * p : Ybuf;
+                    long ys = real == l ? nh * p : p;
                     float e = chunk_inputs(x, dt, ah, b, k, L, l, nh, hh, p, floor_, X, XE, w_end, ea);
-                    decay_block(ah, S, l, floor_, D, M);
-                    gemm(l, p, l, M, l, 1, X, p, Y, p, 0); /* intra-chunk: M X */
+                    decay_block(ah, Sk, l, floor_, D, M);
+                    gemm(l, p, l, M, l, 1, X, p, Y, ys, 0); /* intra-chunk: M X */
                     if (k > 0) { /* inter-chunk: ea C h^T */
                         for (long r = 0; r < l; r++)
 #pragma omp simd
-                            for (long i = 0; i < n; i++) Ce[r * n + i] = Ck[r * n + i] * ea[r];
-                        transpose(h, p, n, HT);
-                        gemm(l, p, n, Ce, n, 1, HT, p, Y, p, 1);
+                            for (long i = 0; i < n; i++) Ce[r * n + i] = Ck[r * cs + i] * ea[r];
+                        transpose(h, p, n, n, HT);
+                        gemm(l, p, n, Ce, n, 1, HT, p, Y, ys, 1);
                     }
-                    for (long r = 0; r < real; r++)
-                        memcpy(y + ((b * L + k * l + r) * nh + hh) * p, Y + r * p, p * sizeof(float));
+                    if (real < l)
+                        for (long r = 0; r < real; r++)
+                            memcpy(y + ((b * L + k * l + r) * nh + hh) * p, Y + r * p, p * sizeof(float));
                     if (k == 0) /* no state before the first chunk */
                         memset(h, 0, p * n * sizeof(float));
                     else
 #pragma omp simd
                         for (long i = 0; i < p * n; i++) h_next[i] = e * h[i];
-                    gemm(p, n, l, XE, 1, p, Bk, n, h_next, n, k > 0); /* h = e h + XE^T B */
+                    gemm(p, n, l, XE, 1, p, Bk, bs, h_next, n, k > 0); /* h = e h + XE^T B */
                 }
             }
         }
@@ -397,30 +413,29 @@ void ssd_scan_fwd(const float *x, const float *dt, const float *a, const float *
  *   intra    y += M X, M = decay * S:    gX = M^T dy + gXE w_end, P = dy X^T, gS = sum over heads of
  *                                        P decay; with E = P decay S, ga += row sums - column sums of E */
 void ssd_scan_bwd(const float *x, const float *dt, const float *a, const float *B, const float *C,
-                  const float *hprev, const float *gy, const float *gfinal, float *gx, float *gdt, float *ga,
-                  float *gB, float *gC, long nb, long L, long c, long g, long hg, long l, long p, long n,
+                  const float *S, const float *hprev, const float *gy, const float *gfinal, float *gx, float *gdt,
+                  float *ga, float *gB, float *gC, long nb, long L, long c, long g, long hg, long l, long p, long n,
                   float floor_, long h0, long h1) {
     long nh = g * hg, ll = l * l;
     float *f[SCAN_BUFFERS], *mem = scratch(l, p, n, h1 - h0, f);
-    float *Bk = f[0], *Ck = f[1], *BT = f[2], *S = f[3], *D = f[4], *M = f[5], *X = f[6], *XE = f[7];
-    float *GY = f[8], *G = f[9], *GXE = f[10], *dH = f[11], *T = f[12], *gBk = f[13], *gCk = f[14], *gS = f[15];
-    float *w_end = malloc(2 * l * sizeof(float)), *ea = w_end + l, *DH = mem + SCAN_BUFFERS * (f[1] - f[0]);
+    float *Bbuf = f[0], *Cbuf = f[1], *GYbuf = f[2], *D = f[3], *M = f[4], *X = f[5], *XE = f[6], *G = f[7];
+    float *GXE = f[8], *dH = f[9], *T = f[10], *gBk = f[11], *gCk = f[12], *gS = f[13], *w_end = f[14], *ea = f[15];
+    float *DH = mem + SCAN_BUFFERS * (f[1] - f[0]);
     float *P = T, *XT = dH, *G1 = G; /* P and T, XT and dH, G1 and G are never live at once */
     for (long b = 0; b < nb; b++) {
         for (long gi = 0; gi < g; gi++) {
             for (long j = h0; j < h1; j++) {
                 float *dhT = DH + (j - h0) * n * p;
                 if (gfinal)
-                    transpose(gfinal + (b * nh + gi * hg + j) * p * n, p, n, dhT);
+                    transpose(gfinal + (b * nh + gi * hg + j) * p * n, p, n, n, dhT);
                 else
                     memset(dhT, 0, n * p * sizeof(float));
             }
             for (long k = c - 1; k >= 0; k--) {
-                long real = L - k * l < l ? L - k * l : l;
-                load_rows(B, b, k, L, l, g, gi, n, Bk);
-                load_rows(C, b, k, L, l, g, gi, n, Ck);
-                transpose(Bk, l, n, BT);
-                gemm(l, l, n, Ck, n, 1, BT, l, S, l, 0);
+                long real = L - k * l < l ? L - k * l : l, bs, cs, gs;
+                const float *Bk = chunk_rows(B, b, k, L, l, g, gi, n, Bbuf, &bs);
+                const float *Ck = chunk_rows(C, b, k, L, l, g, gi, n, Cbuf, &cs);
+                const float *Sk = S + ((b * g + gi) * c + k) * ll;
                 memset(gS, 0, ll * sizeof(float));
                 memset(gBk, 0, l * n * sizeof(float));
                 memset(gCk, 0, l * n * sizeof(float));
@@ -430,11 +445,11 @@ void ssd_scan_bwd(const float *x, const float *dt, const float *a, const float *
                     const float *ah = a + ((b * c + k) * nh + hh) * l;
                     const float *hp = hprev + ((b * nh + hh) * c + k) * p * n;
                     float e = chunk_inputs(x, dt, ah, b, k, L, l, nh, hh, p, floor_, X, XE, w_end, ea);
-                    load_rows(gy, b, k, L, l, nh, hh, p, GY);
+                    const float *GY = chunk_rows(gy, b, k, L, l, nh, hh, p, GYbuf, &gs);
 
                     /* the state after this chunk */
-                    gemm(l, p, n, Bk, n, 1, dhT, p, GXE, p, 0);
-                    transpose(dhT, n, p, dH);
+                    gemm(l, p, n, Bk, bs, 1, dhT, p, GXE, p, 0);
+                    transpose(dhT, n, p, p, dH);
                     gemm(l, n, p, XE, p, 1, dH, n, gBk, n, 1);
                     float g_e = 0.0f, gw_sum = 0.0f;
 #pragma omp simd reduction(+ : g_e)
@@ -451,24 +466,24 @@ void ssd_scan_bwd(const float *x, const float *dt, const float *a, const float *
                     if (k > 0) { /* the state before it, through the inter-chunk term */
                         for (long r = 0; r < l; r++)
 #pragma omp simd
-                            for (long i = 0; i < p; i++) G1[r * p + i] = GY[r * p + i] * ea[r];
+                            for (long i = 0; i < p; i++) G1[r * p + i] = GY[r * gs + i] * ea[r];
                         gemm(l, n, p, G1, p, 1, hp, n, T, n, 0);
                         for (long r = 0; r < l; r++) {
                             float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
                             for (long i = 0; i < n; i++) {
-                                dot += Ck[r * n + i] * T[r * n + i];
+                                dot += Ck[r * cs + i] * T[r * n + i];
                                 gCk[r * n + i] += T[r * n + i];
                             }
                             gah[r] += dot;
                         }
                         scale(dhT, n * p, e);
-                        gemm(n, p, l, Ck, 1, n, G1, p, dhT, p, 1);
+                        gemm(n, p, l, Ck, 1, cs, G1, p, dhT, p, 1);
                     }
 
                     /* intra-chunk */
-                    decay_block(ah, S, l, floor_, D, M);
-                    gemm(l, p, l, M, 1, l, GY, p, G, p, 0); /* M^T dy */
+                    decay_block(ah, Sk, l, floor_, D, M);
+                    gemm(l, p, l, M, 1, l, GY, gs, G, p, 0); /* M^T dy */
                     for (long r = 0; r < real; r++) {
                         long row = (b * L + k * l + r) * nh + hh;
                         const float *xr = x + row * p;
@@ -481,13 +496,13 @@ void ssd_scan_bwd(const float *x, const float *dt, const float *a, const float *
                         }
                         gdt[row] = dx;
                     }
-                    transpose(X, l, p, XT);
-                    gemm(l, l, p, GY, p, 1, XT, l, P, l, 0); /* dy X^T */
+                    transpose(X, l, p, p, XT);
+                    gemm(l, l, p, GY, gs, 1, XT, l, P, l, 0); /* dy X^T */
                     for (long r = 0; r < l; r++) {
                         float row = 0.0f;
 #pragma omp simd reduction(+ : row)
                         for (long s = 0; s <= r; s++) {
-                            float v = P[r * l + s] * D[r * l + s], e2 = v * S[r * l + s];
+                            float v = P[r * l + s] * D[r * l + s], e2 = v * Sk[r * l + s];
                             gS[r * l + s] += v;
                             row += e2;
                             gah[s] -= e2;
@@ -495,8 +510,8 @@ void ssd_scan_bwd(const float *x, const float *dt, const float *a, const float *
                         gah[r] += row;
                     }
                 }
-                gemm(l, n, l, gS, l, 1, Bk, n, gCk, n, 1); /* S = C B^T: gC += gS B, gB += gS^T C */
-                gemm(l, n, l, gS, 1, l, Ck, n, gBk, n, 1);
+                gemm(l, n, l, gS, l, 1, Bk, bs, gCk, n, 1); /* S = C B^T: gC += gS B, gB += gS^T C */
+                gemm(l, n, l, gS, 1, l, Ck, cs, gBk, n, 1);
                 for (long r = 0; r < real; r++) {
                     float *gb = gB + ((b * L + k * l + r) * g + gi) * n, *gc = gC + ((b * L + k * l + r) * g + gi) * n;
 #pragma omp simd
@@ -508,6 +523,5 @@ void ssd_scan_bwd(const float *x, const float *dt, const float *a, const float *
             }
         }
     }
-    free(w_end);
     free(mem);
 }

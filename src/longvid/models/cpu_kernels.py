@@ -43,8 +43,8 @@ _SIGNATURES = {
     "gated_norm_bwd": [_P] * 12 + [_L, _L, _L, _L],
     "conv_silu_fwd": [_P] * 5 + [_L] * 7,
     "conv_silu_bwd": [_P] * 5 + [_L] + [_P] * 3 + [_L] * 6,
-    "ssd_scan_fwd": [_P] * 8 + [_L] * 8 + [_F, _L, _L],
-    "ssd_scan_bwd": [_P] * 13 + [_L] * 8 + [_F, _L, _L],
+    "ssd_scan_fwd": [_P] * 9 + [_L] * 8 + [_F, _L, _L],
+    "ssd_scan_bwd": [_P] * 14 + [_L] * 8 + [_F, _L, _L],
 }
 
 
@@ -198,18 +198,19 @@ def _scan_geometry(x, B, a):
 
 
 def ssd_scan_forward(x, dt, a, B, C, floor: float):
-    """y (b, L, h, p), the final state (b, h, p, n), and the state before every chunk (b, h, c, p, n) for
-    the backward. x (b, L, h, p), dt (b, L, h), a (b, c, h, l): cumulative dt A per chunk in log2 units,
-    B and C (b, L, g, n)."""
+    """y (b, L, h, p) and the final state (b, h, p, n); and for the backward S = C B^T per chunk (b, g, c,
+    l, l) and the state before every chunk (b, h, c, p, n). x (b, L, h, p), dt (b, L, h), a (b, c, h, l):
+    cumulative dt A per chunk in log2 units, B and C (b, L, g, n)."""
     x, dt, a, B, C = (t.contiguous() for t in (x, dt, a, B, C))
     b, L, c, g, hg, l, p, n = geometry = _scan_geometry(x, B, a)
     y, final, hprev = torch.empty_like(x), x.new_empty(b, g * hg, p, n), x.new_empty(b, g * hg, c, p, n)
+    S = x.new_empty(b, g, c, l, l)
     _over_rows(hg, lambda h0, h1: library().ssd_scan_fwd(
-        *map(_ptr, (x, dt, a, B, C, y, hprev, final)), *geometry, floor, h0, h1), min_rows=1)
-    return y, final, hprev
+        *map(_ptr, (x, dt, a, B, C, y, S, hprev, final)), *geometry, floor, h0, h1), min_rows=1)
+    return y, final, S, hprev
 
 
-def ssd_scan_backward(x, dt, a, B, C, hprev, gy, g_final, floor: float):
+def ssd_scan_backward(x, dt, a, B, C, S, hprev, gy, g_final, floor: float):
     """Gradients of ssd_scan_forward's y and final state (either None for zero): gx, gdt, ga (b, c, h, l)
     in natural units (a's own cumulative sum is the caller's), gB, gC."""
     x, dt, a, B, C = (t.contiguous() for t in (x, dt, a, B, C))
@@ -219,6 +220,6 @@ def ssd_scan_backward(x, dt, a, B, C, hprev, gy, g_final, floor: float):
     gx, gdt, ga = torch.empty_like(x), torch.empty_like(dt), a.new_zeros(a.shape)
     gB, gC = torch.zeros_like(B), torch.zeros_like(C)
     _over_rows(hg, lambda h0, h1, gB_, gC_: library().ssd_scan_bwd(
-        *map(_ptr, (x, dt, a, B, C, hprev, gy, g_final, gx, gdt, ga, gB_, gC_)), *geometry, floor, h0, h1),
+        *map(_ptr, (x, dt, a, B, C, S, hprev, gy, g_final, gx, gdt, ga, gB_, gC_)), *geometry, floor, h0, h1),
         gB, gC, min_rows=1)
     return gx, gdt, ga, gB, gC

@@ -116,8 +116,8 @@ class _SSDChunked(torch.autograd.Function):
         dt_c = F.pad(dt, (0, 0, 0, c * l - L)).view(b, c, l, h)
         a = (dt_c * (A * LOG2E)).cumsum(2).transpose(2, 3).contiguous()
         if ctx.fused:  # chunk after chunk per head in C, the state held in cache
-            y, final, hprev = cpu_kernels.ssd_scan_forward(x, dt, a, B, C, EXP2_FLOOR)
-            ctx.save_for_backward(x, dt, A, a, B, C, hprev)
+            y, final, S, hprev = cpu_kernels.ssd_scan_forward(x, dt, a, B, C, EXP2_FLOOR)
+            ctx.save_for_backward(x, dt, A, a, B, C, S, hprev)
             ctx.set_materialize_grads(False)
             return y, final
         # Per-step factors are kept in row order (b,c,l,h) like x and y (suffix _r): elementwise ops
@@ -161,8 +161,8 @@ class _SSDChunked(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy, g_final):
         if ctx.fused:
-            x, dt, A, a, B, C, hprev = ctx.saved_tensors
-            gx, gdt, ga, gB, gC = cpu_kernels.ssd_scan_backward(x, dt, a, B, C, hprev, gy, g_final, EXP2_FLOOR)
+            x, dt, A, a, B, C, S, hprev = ctx.saved_tensors
+            gx, gdt, ga, gB, gC = cpu_kernels.ssd_scan_backward(x, dt, a, B, C, S, hprev, gy, g_final, EXP2_FLOOR)
             return _with_decay_grads(gx, gdt, ga, gB, gC, A, dt)
         x, dt, A, a, xdt, Bg, Cg, decay, S, M, w_end_r, ea_r, xe, states, y_inter = ctx.saved_tensors
         b, c, h, l, p = xdt.shape
