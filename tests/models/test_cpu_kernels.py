@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from longvid.models import cpu_kernels
-from longvid.models.mamba2 import CausalConv1dSiLU, Mamba2, _SkipGateNorm
+from longvid.models.mamba2 import CausalConv1dSiLU, Mamba2, _GatedNorm
 from longvid.models.ssd import ssd_chunked
 
 pytestmark = pytest.mark.skipif(cpu_kernels.library() is None, reason="no C compiler to build the loops with")
@@ -56,13 +56,12 @@ def test_conv_matches_pytorch(monkeypatch, threads, b, L, with_bias):
 def test_gated_norm_matches_pytorch(monkeypatch, threads, group_size):
     torch.manual_seed(0)
     b, L, d = 2, 300, 64
-    y, x, z = (torch.randn(b, L, d) for _ in range(3))
-    D, weight = torch.rand(d) + 0.5, torch.rand(d) + 0.5
+    y, z = (torch.randn(b, L, d) for _ in range(2))
+    weight = torch.rand(d) + 0.5
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        got, want = _both(lambda *t: _SkipGateNorm.apply(*t, 1e-5, group_size), monkeypatch,
-                          y, x, D, z, weight)
+        got, want = _both(lambda *t: _GatedNorm.apply(*t, 1e-5, group_size), monkeypatch, y, z, weight)
     finally:
         torch.set_num_threads(previous)
     for a, e in zip(got[0] + got[1], want[0] + want[1]):
@@ -129,22 +128,25 @@ def test_switched_off_by_environment(monkeypatch):
                                                    (2, 300, 2, 1, 25, 32), (1, 200, 2, 1, 64, 64),
                                                    (2, 130, 4, 2, 50, 40), (1, 11, 2, 1, 16, 32),
                                                    (1, 40, 6, 2, 15, 32)])
-def test_scan_matches_pytorch(monkeypatch, threads, b, L, h, g, chunk, p):
+@pytest.mark.parametrize("skip", [None, "per head", "per channel"])
+def test_scan_matches_pytorch(monkeypatch, threads, b, L, h, g, chunk, p, skip):
     """The chunked scan in C: y, the final state and every input's gradient, for whole and padded last
     chunks, a sequence shorter than one chunk, groups of heads (3 per group split unevenly over 2
     threads), and chunk and head sizes that take the C products' register tiles (6 rows x 32 columns on
     AVX-512), every row remainder (chunks of 25, 50, 15, 16, 11: 1-5 rows left) and column remainder
     (40 = 32 + 8) or only the plain loops (8 wide), and the transposes' 8 x 8 blocks or their fallback
-    (chunks of 25, 50, 15, 11)."""
+    (chunks of 25, 50, 15, 11); without Mamba2's skip term D x, and with D per head or per channel."""
     torch.manual_seed(0)
     n = 32  # the state size: the columns of the B and C gradients' products, one whole register tile
     x, B, C = torch.randn(b, L, h, p), torch.randn(b, L, g, n), torch.randn(b, L, g, n)
     dt, A = torch.rand(b, L, h) * 0.2 + 0.01, -torch.rand(h) * 4 - 0.5
+    inputs = [x, dt, A, B, C] + ([] if skip is None else [torch.randn(h) if skip == "per head" else torch.randn(h, p)])
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        got, want = _both(lambda *t: ssd_chunked(*t, chunk_size=chunk, return_final_state=True), monkeypatch,
-                          x, dt, A, B, C)
+        got, want = _both(lambda x, dt, A, B, C, D=None: ssd_chunked(x, dt, A, B, C, chunk_size=chunk,
+                                                                     return_final_state=True, D=D),
+                          monkeypatch, *inputs)
     finally:
         torch.set_num_threads(previous)
     for a, e in zip(got[0] + got[1], want[0] + want[1]):

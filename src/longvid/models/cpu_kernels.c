@@ -15,17 +15,17 @@ extern float expf(float);
 
 static inline float sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
 
-/* out = rmsnorm((y + D x) * silu(z)) * w per group of gs channels; r = 1 / rms per row and group. */
-void gated_norm_fwd(const float *y, const float *x, const float *D, const float *z, const float *w,
-                    float *out, float *r, long t0, long t1, long d, long gs, float eps) {
+/* out = rmsnorm(y * silu(z)) * w per group of gs channels; r = 1 / rms per row and group. */
+void gated_norm_fwd(const float *y, const float *z, const float *w, float *out, float *r, long t0, long t1, long d,
+                    long gs, float eps) {
     for (long t = t0; t < t1; t++) {
-        const float *yt = y + t * d, *xt = x + t * d, *zt = z + t * d;
+        const float *yt = y + t * d, *zt = z + t * d;
         float *ot = out + t * d;
         for (long c0 = 0; c0 < d; c0 += gs) {
             float ss = 0.0f;
 #pragma omp simd reduction(+ : ss)
             for (long c = c0; c < c0 + gs; c++) {
-                float v = (yt[c] + D[c] * xt[c]) * zt[c] * sigmoid(zt[c]);
+                float v = yt[c] * zt[c] * sigmoid(zt[c]);
                 ot[c] = v;
                 ss += v * v;
             }
@@ -37,31 +37,27 @@ void gated_norm_fwd(const float *y, const float *x, const float *D, const float 
     }
 }
 
-/* Gradients of gated_norm_fwd given g = d loss / d out: gy, gx, gz per row; gw, gD summed over rows.
- * With u = y + D x, v = u silu(z), out = v r w:  dv = r w g - v r^3 mean(w g v). */
-void gated_norm_bwd(const float *y, const float *x, const float *D, const float *z, const float *w,
-                    const float *r, const float *g, float *gy, float *gx, float *gz, float *gw, float *gD,
-                    long t0, long t1, long d, long gs) {
+/* Gradients of gated_norm_fwd given g = d loss / d out: gy, gz per row; gw summed over rows.
+ * With v = y silu(z), out = v r w:  dv = r w g - v r^3 mean(w g v). */
+void gated_norm_bwd(const float *y, const float *z, const float *w, const float *r, const float *g, float *gy,
+                    float *gz, float *gw, long t0, long t1, long d, long gs) {
     for (long t = t0; t < t1; t++) {
-        const float *yt = y + t * d, *xt = x + t * d, *zt = z + t * d, *g_t = g + t * d;
-        float *gyt = gy + t * d, *gxt = gx + t * d, *gzt = gz + t * d;
+        const float *yt = y + t * d, *zt = z + t * d, *g_t = g + t * d;
+        float *gyt = gy + t * d, *gzt = gz + t * d;
         for (long c0 = 0; c0 < d; c0 += gs) {
             float rr = r[t * (d / gs) + c0 / gs], qw = 0.0f;
 #pragma omp simd reduction(+ : qw)
             for (long c = c0; c < c0 + gs; c++) {
-                float q = g_t[c] * (yt[c] + D[c] * xt[c]) * zt[c] * sigmoid(zt[c]);
+                float q = g_t[c] * yt[c] * zt[c] * sigmoid(zt[c]);
                 gw[c] += q * rr;
                 qw += q * w[c];
             }
             float coef = -qw * rr * rr * rr / (float)gs;
 #pragma omp simd
             for (long c = c0; c < c0 + gs; c++) {
-                float s = sigmoid(zt[c]), u = yt[c] + D[c] * xt[c], sz = zt[c] * s;
+                float s = sigmoid(zt[c]), u = yt[c], sz = zt[c] * s;
                 float dv = g_t[c] * w[c] * rr + u * sz * coef;
-                float gu = dv * sz;
-                gyt[c] = gu;
-                gxt[c] = gu * D[c];
-                gD[c] += gu * xt[c];
+                gyt[c] = dv * sz;
                 gzt[c] = dv * u * s * (1.0f + zt[c] * (1.0f - s)); /* silu'(z) = s (1 + z (1 - s)) */
             }
         }
@@ -349,13 +345,14 @@ static float *scratch(long l, long p, long n, long heads, float **bufs) {
 }
 
 /* Forward for heads [h0, h1) of every group and batch. x (nb, L, nh, p), dt (nb, L, nh), a (nb, c, nh, l)
- * in log2 units, B and C (nb, L, g, n) -> y (nb, L, nh, p); for the backward S = C B^T per chunk (nb, g,
+ * in log2 units, B and C (nb, L, g, n), Ds (nh, p) or NULL: the skip term -> y (nb, L, nh, p) with D x
+ * added; for the backward S = C B^T per chunk (nb, g,
  * c, l, l) and hprev (nb, nh, c, p, n), the state before each chunk; final (nb, nh, p, n). Each chunk's
  * state update writes the next slot of hprev (or final), which stays in cache for the next chunk. Whole
  * chunks read B and C, and write y, in place; a padded last chunk goes through copies. */
-void ssd_scan_fwd(const float *x, const float *dt, const float *a, const float *B, const float *C, float *y,
-                  float *S, float *hprev, float *final, long nb, long L, long c, long g, long hg, long l, long p,
-                  long n, float floor_, long h0, long h1) {
+void ssd_scan_fwd(const float *x, const float *dt, const float *a, const float *B, const float *C, const float *Ds,
+                  float *y, float *S, float *hprev, float *final, long nb, long L, long c, long g, long hg, long l,
+                  long p, long n, float floor_, long h0, long h1) {
     long nh = g * hg;
     float *f[SCAN_BUFFERS], *mem = scratch(l, p, n, 0, f);
     float *Bbuf = f[0], *Cbuf = f[1], *BT = f[2], *D = f[3], *M = f[4], *X = f[5], *XE = f[6], *Ybuf = f[7];
@@ -387,9 +384,14 @@ void ssd_scan_fwd(const float *x, const float *dt, const float *a, const float *
                         transpose(h, p, n, n, HT);
                         gemm(l, p, n, Ce, n, 1, HT, p, Y, ys, 1);
                     }
-                    if (real < l)
-                        for (long r = 0; r < real; r++)
-                            memcpy(y + ((b * L + k * l + r) * nh + hh) * p, Y + r * p, p * sizeof(float));
+                    if (Ds || real < l) /* y = Y + D x, Y in place or in a copy */
+                        for (long r = 0; r < real; r++) {
+                            long row = (b * L + k * l + r) * nh + hh;
+                            const float *Yr = Y + r * ys, *xr = x + row * p, *dh = Ds ? Ds + hh * p : NULL;
+                            float *yr = y + row * p;
+#pragma omp simd
+                            for (long i = 0; i < p; i++) yr[i] = Yr[i] + (dh ? dh[i] * xr[i] : 0.0f);
+                        }
                     if (k == 0) /* no state before the first chunk */
                         memset(h, 0, p * n * sizeof(float));
                     else
@@ -406,16 +408,17 @@ void ssd_scan_fwd(const float *x, const float *dt, const float *a, const float *
 /* Backward of ssd_scan_fwd, chunks in reverse with each head's state gradient (n x p) carried along:
  * gy (nb, L, nh, p), gfinal (nb, nh, p, n) or NULL -> gx (nb, L, nh, p) and gdt (nb, L, nh) written for
  * heads [h0, h1); ga (nb, c, nh, l), zeroed by the caller, the gradient of a in natural units (its
- * cumulative sum is the caller's); gB, gC (nb, L, g, n) added into. With X = dt x, per chunk:
+ * cumulative sum is the caller's); gB, gC (nb, L, g, n) and gDs (nh, p; with Ds) added into. With X = dt x,
+ * per chunk:
  *   state    h_k = e h_{k-1} + B^T XE:  gXE = B dh, gB += XE dh^T, g_e = <dh, h_{k-1}>, gw = <gXE, XE>
  *   inter    y += ea C h_{k-1}:          G1 = dy ea, gC += G1 h_{k-1}, ga += <C, G1 h_{k-1}>,
  *                                        dh_{k-1} = e dh_k + C^T G1
  *   intra    y += M X, M = decay * S:    gX = M^T dy + gXE w_end, P = dy X^T, gS = sum over heads of
  *                                        P decay; with E = P decay S, ga += row sums - column sums of E */
-void ssd_scan_bwd(const float *x, const float *dt, const float *a, const float *B, const float *C,
+void ssd_scan_bwd(const float *x, const float *dt, const float *a, const float *B, const float *C, const float *Ds,
                   const float *S, const float *hprev, const float *gy, const float *gfinal, float *gx, float *gdt,
-                  float *ga, float *gB, float *gC, long nb, long L, long c, long g, long hg, long l, long p, long n,
-                  float floor_, long h0, long h1) {
+                  float *ga, float *gB, float *gC, float *gDs, long nb, long L, long c, long g, long hg, long l,
+                  long p, long n, float floor_, long h0, long h1) {
     long nh = g * hg, ll = l * l;
     float *f[SCAN_BUFFERS], *mem = scratch(l, p, n, h1 - h0, f);
     float *Bbuf = f[0], *Cbuf = f[1], *GYbuf = f[2], *D = f[3], *M = f[4], *X = f[5], *XE = f[6], *G = f[7];
@@ -484,17 +487,22 @@ void ssd_scan_bwd(const float *x, const float *dt, const float *a, const float *
                     /* intra-chunk */
                     decay_block(ah, Sk, l, floor_, D, M);
                     gemm(l, p, l, M, 1, l, GY, gs, G, p, 0); /* M^T dy */
+                    const float *dh = Ds ? Ds + hh * p : NULL;
+                    float *gdh = gDs ? gDs + hh * p : NULL;
                     for (long r = 0; r < real; r++) {
                         long row = (b * L + k * l + r) * nh + hh;
-                        const float *xr = x + row * p;
+                        const float *xr = x + row * p, *gyr = GY + r * gs;
                         float *gxr = gx + row * p, d = dt[row], w = w_end[r], dx = 0.0f;
 #pragma omp simd reduction(+ : dx)
                         for (long i = 0; i < p; i++) {
                             float gX = G[r * p + i] + GXE[r * p + i] * w;
                             dx += xr[i] * gX;
-                            gxr[i] = d * gX;
+                            gxr[i] = d * gX + (dh ? dh[i] * gyr[i] : 0.0f);
                         }
                         gdt[row] = dx;
+                        if (gdh)
+#pragma omp simd
+                            for (long i = 0; i < p; i++) gdh[i] += gyr[i] * xr[i];
                     }
                     transpose(X, l, p, p, XT);
                     gemm(l, l, p, GY, gs, 1, XT, l, P, l, 0); /* dy X^T */

@@ -39,12 +39,12 @@ MIN_ROWS_PER_THREAD = 256  # below this a thread's start costs more than its sha
 
 _P, _L, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
 _SIGNATURES = {
-    "gated_norm_fwd": [_P] * 7 + [_L, _L, _L, _L, _F],
-    "gated_norm_bwd": [_P] * 12 + [_L, _L, _L, _L],
+    "gated_norm_fwd": [_P] * 5 + [_L] * 4 + [_F],
+    "gated_norm_bwd": [_P] * 8 + [_L] * 4,
     "conv_silu_fwd": [_P] * 5 + [_L] * 7,
     "conv_silu_bwd": [_P] * 5 + [_L] + [_P] * 3 + [_L] * 6,
-    "ssd_scan_fwd": [_P] * 9 + [_L] * 8 + [_F, _L, _L],
-    "ssd_scan_bwd": [_P] * 14 + [_L] * 8 + [_F, _L, _L],
+    "ssd_scan_fwd": [_P] * 10 + [_L] * 8 + [_F, _L, _L],
+    "ssd_scan_bwd": [_P] * 16 + [_L] * 8 + [_F, _L, _L],
 }
 
 
@@ -134,27 +134,25 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def gated_norm_forward(y, x, D, z, weight, eps: float, group_size: int):
-    """rmsnorm((y + D x) * silu(z)) * weight per group, and 1/rms per row and group (for the backward)."""
-    y, x, D, z, weight = (t.contiguous() for t in (y, x, D, z, weight))
+def gated_norm_forward(y, z, weight, eps: float, group_size: int):
+    """rmsnorm(y * silu(z)) * weight per group, and 1/rms per row and group (for the backward)."""
+    y, z, weight = (t.contiguous() for t in (y, z, weight))
     d = y.shape[-1]
-    rows = y.numel() // d
     out = torch.empty_like(y)
     r = y.new_empty(*y.shape[:-1], d // group_size)
-    _over_rows(rows, lambda t0, t1: library().gated_norm_fwd(
-        *map(_ptr, (y, x, D, z, weight, out, r)), t0, t1, d, group_size, eps))
+    _over_rows(y.numel() // d, lambda t0, t1: library().gated_norm_fwd(
+        *map(_ptr, (y, z, weight, out, r)), t0, t1, d, group_size, eps))
     return out, r
 
 
-def gated_norm_backward(y, x, D, z, weight, r, grad, group_size: int):
-    """Gradients of gated_norm_forward: (gy, gx, gD, gz, gweight)."""
-    y, x, D, z, weight, r, grad = (t.contiguous() for t in (y, x, D, z, weight, r, grad))
+def gated_norm_backward(y, z, weight, r, grad, group_size: int):
+    """Gradients of gated_norm_forward: (gy, gz, gweight)."""
+    y, z, weight, r, grad = (t.contiguous() for t in (y, z, weight, r, grad))
     d = y.shape[-1]
-    gy, gx, gz = torch.empty_like(y), torch.empty_like(y), torch.empty_like(y)
-    gw, gD = y.new_zeros(d), y.new_zeros(d)
-    _over_rows(y.numel() // d, lambda t0, t1, gw_, gD_: library().gated_norm_bwd(
-        *map(_ptr, (y, x, D, z, weight, r, grad, gy, gx, gz, gw_, gD_)), t0, t1, d, group_size), gw, gD)
-    return gy, gx, gD, gz, gw
+    gy, gz, gw = torch.empty_like(y), torch.empty_like(y), y.new_zeros(d)
+    _over_rows(y.numel() // d, lambda t0, t1, gw_: library().gated_norm_bwd(
+        *map(_ptr, (y, z, weight, r, grad, gy, gz, gw_)), t0, t1, d, group_size), gw)
+    return gy, gz, gw
 
 
 def _pointers(tensors) -> ctypes.Array:
@@ -197,29 +195,32 @@ def _scan_geometry(x, B, a):
     return b, L, a.shape[1], g, h // g, a.shape[-1], p, n
 
 
-def ssd_scan_forward(x, dt, a, B, C, floor: float):
+def ssd_scan_forward(x, dt, a, B, C, D, floor: float):
     """y (b, L, h, p) and the final state (b, h, p, n); and for the backward S = C B^T per chunk (b, g, c,
     l, l) and the state before every chunk (b, h, c, p, n). x (b, L, h, p), dt (b, L, h), a (b, c, h, l):
-    cumulative dt A per chunk in log2 units, B and C (b, L, g, n)."""
+    cumulative dt A per chunk in log2 units, B and C (b, L, g, n), D (h, p) or None: y += D x."""
     x, dt, a, B, C = (t.contiguous() for t in (x, dt, a, B, C))
+    D = None if D is None else D.contiguous()
     b, L, c, g, hg, l, p, n = geometry = _scan_geometry(x, B, a)
     y, final, hprev = torch.empty_like(x), x.new_empty(b, g * hg, p, n), x.new_empty(b, g * hg, c, p, n)
     S = x.new_empty(b, g, c, l, l)
     _over_rows(hg, lambda h0, h1: library().ssd_scan_fwd(
-        *map(_ptr, (x, dt, a, B, C, y, S, hprev, final)), *geometry, floor, h0, h1), min_rows=1)
+        *map(_ptr, (x, dt, a, B, C, D, y, S, hprev, final)), *geometry, floor, h0, h1), min_rows=1)
     return y, final, S, hprev
 
 
-def ssd_scan_backward(x, dt, a, B, C, S, hprev, gy, g_final, floor: float):
+def ssd_scan_backward(x, dt, a, B, C, D, S, hprev, gy, g_final, floor: float):
     """Gradients of ssd_scan_forward's y and final state (either None for zero): gx, gdt, ga (b, c, h, l)
-    in natural units (a's own cumulative sum is the caller's), gB, gC."""
+    in natural units (a's own cumulative sum is the caller's), gB, gC, gD (h, p; None without D)."""
     x, dt, a, B, C = (t.contiguous() for t in (x, dt, a, B, C))
+    D = None if D is None else D.contiguous()
+    gD = None if D is None else torch.zeros_like(D)  # per head: the threads' parts do not overlap
     gy = torch.zeros_like(x) if gy is None else gy.contiguous()
     g_final = None if g_final is None else g_final.contiguous()
     b, L, c, g, hg, l, p, n = geometry = _scan_geometry(x, B, a)
     gx, gdt, ga = torch.empty_like(x), torch.empty_like(dt), a.new_zeros(a.shape)
     gB, gC = torch.zeros_like(B), torch.zeros_like(C)
     _over_rows(hg, lambda h0, h1, gB_, gC_: library().ssd_scan_bwd(
-        *map(_ptr, (x, dt, a, B, C, S, hprev, gy, g_final, gx, gdt, ga, gB_, gC_)), *geometry, floor, h0, h1),
-        gB, gC, min_rows=1)
-    return gx, gdt, ga, gB, gC
+        *map(_ptr, (x, dt, a, B, C, D, S, hprev, gy, g_final, gx, gdt, ga, gB_, gC_, gD)), *geometry, floor,
+        h0, h1), gB, gC, min_rows=1)
+    return gx, gdt, ga, gB, gC, gD

@@ -151,24 +151,24 @@ class RMSNormGated(nn.Module):
         return x.to(dtype)
 
 
-class _SkipGateNorm(torch.autograd.Function):
-    """rmsnorm((y + D x) * silu(z)) * weight per group: the D skip and Mamba2's gated norm
-    (norm_before_gate=False) in one, block by block over rows with a hand-written backward.
+class _GatedNorm(torch.autograd.Function):
+    """rmsnorm(y * silu(z)) * weight per group (Mamba2's gated norm, norm_before_gate=False), block by
+    block over rows with a hand-written backward.
 
     As separate ops each step was a pass over memory (and autograd's backward twice as many); per
     block of rows they run in cache, and the backward recomputes the cheap products instead of
     keeping them. fp32 on CPU runs the C loops of cpu_kernels instead, one pass per row.
-    y, x, z: (b, L, d); D, weight: (d,).
+    y, z: (b, L, d); weight: (d,).
     """
 
     @staticmethod
-    def forward(ctx, y, x, D, z, weight, eps, group_size):
+    def forward(ctx, y, z, weight, eps, group_size):
         ctx.group_size = group_size
-        ctx.fused = cpu_kernels.applies(y, x, D, z, weight)
+        ctx.fused = cpu_kernels.applies(y, z, weight)
         if ctx.fused:  # all of it in one pass per row, in C
-            y, x, D, z = (t.contiguous() for t in (y, x, D, z))
-            out, r = cpu_kernels.gated_norm_forward(y, x, D, z, weight, eps, group_size)
-            ctx.save_for_backward(y, x, D, z, weight, r)
+            y, z = y.contiguous(), z.contiguous()
+            out, r = cpu_kernels.gated_norm_forward(y, z, weight, eps, group_size)
+            ctx.save_for_backward(y, z, weight, r)
             return out
         b, L, d = y.shape
         gv = (b, -1, d // group_size, group_size)
@@ -176,26 +176,25 @@ class _SkipGateNorm(torch.autograd.Function):
         r = y.new_empty(b, L, d // group_size, 1)  # 1 / rms per group
         out = torch.empty_like(y)
         for t0, t1 in _row_blocks(y):
-            v = torch.addcmul(y[:, t0:t1], x[:, t0:t1], D).mul_(F.silu(z[:, t0:t1].to(y.dtype))).view(gv)
+            v = (y[:, t0:t1] * F.silu(z[:, t0:t1].to(y.dtype))).view(gv)
             rb = torch.rsqrt(torch.linalg.vecdot(v, v)[..., None].div_(group_size).add_(eps), out=r[:, t0:t1])
             torch.mul(v, rb, out=out[:, t0:t1].view(gv)).mul_(w)
-        ctx.save_for_backward(y, x, D, z, weight, r)
+        ctx.save_for_backward(y, z, weight, r)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        y, x, D, z, weight, r = ctx.saved_tensors
+        y, z, weight, r = ctx.saved_tensors
         if ctx.fused:
-            return *cpu_kernels.gated_norm_backward(y, x, D, z, weight, r, grad, ctx.group_size), None, None
+            return *cpu_kernels.gated_norm_backward(y, z, weight, r, grad, ctx.group_size), None, None
         b, L, d = y.shape
         gs = ctx.group_size
         gv_shape = (b, -1, d // gs, gs)
         w = weight.to(y.dtype).view(gv_shape[2:])
-        gy, gx, gz = torch.empty_like(y), torch.empty_like(y), torch.empty_like(y)
-        gw, gD = y.new_zeros(d), y.new_zeros(d)
+        gy, gz = torch.empty_like(y), torch.empty_like(y)
+        gw = y.new_zeros(d)
         for t0, t1 in _row_blocks(y):
-            zb, rb = z[:, t0:t1].to(y.dtype), r[:, t0:t1]
-            u = torch.addcmul(y[:, t0:t1], x[:, t0:t1], D)
+            zb, rb, u = z[:, t0:t1].to(y.dtype), r[:, t0:t1], y[:, t0:t1]
             sz = F.silu(zb)
             v = (u * sz).view(gv_shape)
             g = grad[:, t0:t1].to(y.dtype).view(gv_shape)
@@ -204,11 +203,9 @@ class _SkipGateNorm(torch.autograd.Function):
             # out = v r w with r = (mean(v^2) + eps)^-1/2: dv = r w dout - v r^3 mean(w dout v)
             coef = torch.linalg.vecdot(q, w)[..., None].mul_(rb.pow(3)).div_(-gs)
             dv = (g * w).mul_(rb).addcmul_(v, coef).view(u.shape)
-            gu = torch.mul(dv, sz, out=gy[:, t0:t1])
+            torch.mul(dv, sz, out=gy[:, t0:t1])
             torch.ops.aten.silu_backward.grad_input(dv.mul_(u), zb, grad_input=gz[:, t0:t1])
-            torch.mul(gu, D, out=gx[:, t0:t1])
-            gD += torch.linalg.vecdot(gu, x[:, t0:t1], dim=1).sum(0)
-        return gy, gx, gD.to(D.dtype), gz.to(z.dtype), gw.to(weight.dtype), None, None
+        return gy, gz.to(z.dtype), gw.to(weight.dtype), None, None
 
 
 @functools.cache
@@ -348,13 +345,8 @@ class Mamba2(nn.Module):
             dt = F.softplus(dt.to(ct) + self.dt_bias.to(ct))
             if self.dt_limit != (0.0, float("inf")):
                 dt = dt.clamp(*self.dt_limit)
-            x = x.to(ct)
-            y = ssd_chunked(x, dt, -torch.exp(self.A_log.to(ct)), B.to(ct), C.to(ct),
-                            min(self.chunk_size, TORCH_SCAN_CHUNK))
-            D = self._D().to(ct)
-            D = (D[:, None] if D.dim() == 1 else D).expand(self.nheads, self.headdim).flatten()
+            y = ssd_chunked(x.to(ct), dt, -torch.exp(self.A_log.to(ct)), B.to(ct), C.to(ct),
+                            min(self.chunk_size, TORCH_SCAN_CHUNK), D=self._D().to(ct)).flatten(-2)
             if self.rmsnorm and not self.norm_before_gate:  # Mamba2's default
-                return _SkipGateNorm.apply(y.flatten(-2), x.flatten(-2), D, z, self.norm.weight,
-                                           self.norm.eps, self.norm.group_size)
-            y = y.flatten(-2) + x.flatten(-2) * D
+                return _GatedNorm.apply(y, z, self.norm.weight, self.norm.eps, self.norm.group_size)
             return self.norm(y, z) if self.rmsnorm else y * F.silu(z.to(ct))

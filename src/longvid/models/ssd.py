@@ -45,13 +45,14 @@ def ssd_reference(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.T
 
 
 def ssd_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                chunk_size: int, return_final_state: bool = False):
-    """Chunked SSD scan: same arguments and results as `ssd_reference`, O(L * chunk_size) work.
+                chunk_size: int, return_final_state: bool = False, D: torch.Tensor | None = None):
+    """Chunked SSD scan: same arguments and results as `ssd_reference`, O(L * chunk_size) work; with D
+    ((h,) or (h, p)) Mamba2's skip term D x is added to y (inside the scan's own passes over y).
 
     Any L works: the last chunk is padded with steps of dt = 0 (decay exp(0) = 1, input dt * x = 0)
     that come after all real ones, so causality keeps them out of y and the final state is exact.
     """
-    y, state = _SSDChunked.apply(x, dt, A, B, C, min(chunk_size, x.shape[1]))
+    y, state = _SSDChunked.apply(x, dt, A, B, C, min(chunk_size, x.shape[1]), D)
     return (y, state) if return_final_state else y
 
 
@@ -106,18 +107,20 @@ class _SSDChunked(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, l):
+    def forward(ctx, x, dt, A, B, C, l, D):
         b, L, h, p = x.shape
         g, n = B.shape[-2:]
         hg, c = h // g, -(-L // l)
-        ctx.fused = cpu_kernels.applies(x, dt, A, B, C)  # fp32 on CPU: the loops below run in C
+        ctx.fused = cpu_kernels.applies(x, dt, A, B, C, D)  # fp32 on CPU: the loops below run in C
+        ctx.D_shape = None if D is None else D.shape
+        D = None if D is None else D.view(h, -1).expand(h, p)
         # (b,c,h,l), in log2 units: decays between two steps are differences of a, as in mamba_ssm's
         # kernels; in fp32 the cancellation error stays small for chunks of a few hundred steps
         dt_c = F.pad(dt, (0, 0, 0, c * l - L)).view(b, c, l, h)
         a = (dt_c * (A * LOG2E)).cumsum(2).transpose(2, 3).contiguous()
         if ctx.fused:  # chunk after chunk per head in C, the state held in cache
-            y, final, S, hprev = cpu_kernels.ssd_scan_forward(x, dt, a, B, C, EXP2_FLOOR)
-            ctx.save_for_backward(x, dt, A, a, B, C, S, hprev)
+            y, final, S, hprev = cpu_kernels.ssd_scan_forward(x, dt, a, B, C, D, EXP2_FLOOR)
+            ctx.save_for_backward(x, dt, A, a, B, C, D, S, hprev)
             ctx.set_materialize_grads(False)
             return y, final
         # Per-step factors are kept in row order (b,c,l,h) like x and y (suffix _r): elementwise ops
@@ -154,17 +157,19 @@ class _SSDChunked(torch.autograd.Function):
                       y_inter.view(b, c - 1, g, l, hg, p).transpose(2, 3),
                       ea_r.view(b, c, l, g, hg)[:, 1:, ..., None],
                       out=y[:, 1:].view(b, c - 1, l, g, hg, p))
-        ctx.save_for_backward(x, dt, A, a, xdt, Bg, Cg, decay, S, M, w_end_r, ea_r, xe, states, y_inter)
+        ctx.save_for_backward(x, dt, A, a, xdt, Bg, Cg, decay, S, M, w_end_r, ea_r, xe, states, y_inter, D)
         ctx.set_materialize_grads(False)
-        return y.view(b, c * l, h, p)[:, :L], states[:, -1].clone()
+        y = y.view(b, c * l, h, p)[:, :L]
+        return y if D is None else torch.addcmul(y, x, D), states[:, -1].clone()
 
     @staticmethod
     def backward(ctx, gy, g_final):
         if ctx.fused:
-            x, dt, A, a, B, C, S, hprev = ctx.saved_tensors
-            gx, gdt, ga, gB, gC = cpu_kernels.ssd_scan_backward(x, dt, a, B, C, S, hprev, gy, g_final, EXP2_FLOOR)
-            return _with_decay_grads(gx, gdt, ga, gB, gC, A, dt)
-        x, dt, A, a, xdt, Bg, Cg, decay, S, M, w_end_r, ea_r, xe, states, y_inter = ctx.saved_tensors
+            x, dt, A, a, B, C, D, S, hprev = ctx.saved_tensors
+            gx, gdt, ga, gB, gC, gD = cpu_kernels.ssd_scan_backward(x, dt, a, B, C, D, S, hprev, gy, g_final,
+                                                                     EXP2_FLOOR)
+            return _with_decay_grads(gx, gdt, ga, gB, gC, gD, A, dt, ctx.D_shape)
+        x, dt, A, a, xdt, Bg, Cg, decay, S, M, w_end_r, ea_r, xe, states, y_inter, D = ctx.saved_tensors
         b, c, h, l, p = xdt.shape
         g, n, L = Bg.shape[2], Bg.shape[-1], x.shape[1]
         hg = h // g
@@ -218,14 +223,21 @@ class _SSDChunked(torch.autograd.Function):
             gB, gC = (t.view(b, c * l, g, n)[:, :L] for t in (gB, gC))
         else:
             gB, gC = (_to_rows(x.new_empty(b, L, g, n), _copy, chunks=(t.transpose(2, 3),)) for t in (gB, gC))
-        return _with_decay_grads(gx, gdt, ga, gB, gC, A, dt)
+        gD = None
+        if D is not None:  # the skip term y += D x
+            gx.addcmul_(gy, D)
+            gD = torch.linalg.vecdot(gy.flatten(0, 1), x.flatten(0, 1), dim=0)
+        return _with_decay_grads(gx, gdt, ga, gB, gC, gD, A, dt, ctx.D_shape)
 
 
-def _with_decay_grads(gx, gdt, ga, gB, gC, A, dt):
+def _with_decay_grads(gx, gdt, ga, gB, gC, gD, A, dt, D_shape):
     """The backward's results, given ga (b, c, h, l), the gradient of the cumulative log-decays: a =
-    cumsum(dt * A) within each chunk, so a step's gradient is the sum over later steps."""
+    cumsum(dt * A) within each chunk, so a step's gradient is the sum over later steps; and gD (h, p)
+    summed to D's own shape."""
     b, c, h, l = ga.shape
     g_dA = ga.flip(-1).cumsum(-1).flip(-1).transpose(2, 3).reshape(b, c * l, h)[:, :dt.shape[1]]
     gdt.addcmul_(g_dA, A)
     gA = (g_dA * dt).sum((0, 1))
-    return gx, gdt, gA, gB, gC, None
+    if gD is not None and len(D_shape) == 1:
+        gD = gD.sum(-1)
+    return gx, gdt, gA, gB, gC, None, gD
