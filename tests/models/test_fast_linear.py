@@ -1,10 +1,11 @@
-"""fast_linear.linear: the oneDNN path gives F.linear's values and gradients; the rest falls back."""
+"""fast_linear: the oneDNN path and the split product give F.linear's values and gradients; the rest falls
+back."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from longvid.models.fast_linear import _onednn_applies, linear
+from longvid.models.fast_linear import _onednn_applies, linear, split_linear
 from longvid.models.lora import LoRALinear
 from longvid.models.mamba2 import Mamba2
 
@@ -25,6 +26,32 @@ def test_onednn_path_matches_f_linear_values_and_gradients(bias):
     want = F.linear(x, w, b)
     want_grads = torch.autograd.grad(want, [x, w] + ([b] if bias else []), g)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    for a, e in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-3)
+
+
+@needs_onednn
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_split_linear_matches_f_linear_per_block(bias, dtype):
+    """Mamba2's in_proj pieces (an empty one, as with d_mlp = 0), one of them unused by the loss (no
+    gradient reaches it): values, and the input, weight and bias gradients, the input's accumulated over
+    the blocks in one tensor (fp32: one node; fp64: separate linears)."""
+    torch.manual_seed(0)
+    sizes = [0, 40, 200, 4]
+    x = torch.randn(2, 600, 128, dtype=dtype, requires_grad=True)
+    w = torch.randn(sum(sizes), 128, dtype=dtype, requires_grad=True)
+    b = torch.randn(sum(sizes), dtype=dtype, requires_grad=True) if bias else None
+    assert _onednn_applies(x, w) == (dtype == torch.float32)
+    leaves = [x, w] + ([b] if bias else [])
+    got = split_linear(x, w, b, sizes)
+    want = F.linear(x, w, b).split(sizes, -1)
+    weights = [torch.randn_like(t) for t in want]
+    used = [0, 2, 3]  # the 40-wide piece does not reach the loss
+    got_grads = torch.autograd.grad(sum((got[i] * weights[i]).sum() for i in used), leaves)
+    want_grads = torch.autograd.grad(sum((want[i] * weights[i]).sum() for i in used), leaves)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-4)
     for a, e in zip(got_grads, want_grads):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-3)
 

@@ -1,4 +1,5 @@
-"""`linear(x, weight, bias)`: F.linear, with the CPU fp32 products run by oneDNN instead of the BLAS.
+"""`linear(x, weight, bias)`: F.linear, with the CPU fp32 products run by oneDNN instead of the BLAS;
+`split_linear`: the same per block of output rows, with one input gradient for all of them.
 
 On the AMD EPYC machines this project's CPU runs use, the MKL sgemm behind F.linear reached 75-80
 GFLOP/s on one core for the Mamba2 projections (9.5k rows, 128-512 wide) and oneDNN's matmul 86-97,
@@ -10,6 +11,8 @@ tensors, other dtypes, autocast, builds without oneDNN) goes to F.linear.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -54,3 +57,45 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if _onednn_applies(x, weight):
         return _OneDNNLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+class _SplitLinear(torch.autograd.Function):
+    """The products of x with consecutive row blocks of one weight. Their input gradients accumulate
+    into one tensor (addmm in place), where separate linears left autograd to add them afterwards,
+    a pass over the input's gradient per block."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sizes: tuple[int, ...]):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias, ctx.sizes = bias is not None, sizes
+        return tuple(linear(x, weight[end - n:end], None if bias is None else bias[end - n:end])
+                     for n, end in zip(sizes, itertools.accumulate(sizes)))
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor | None):
+        x, weight = ctx.saved_tensors
+        rows = x.reshape(-1, x.shape[-1])
+        gx, gw = None, torch.zeros_like(weight)
+        gb = weight.new_zeros(weight.shape[0]) if ctx.has_bias else None
+        for n, end, grad in zip(ctx.sizes, itertools.accumulate(ctx.sizes), grads):
+            if grad is None or n == 0:
+                continue
+            g = grad.reshape(-1, n)
+            W = weight[end - n:end]
+            if ctx.needs_input_grad[0]:
+                gx = g @ W if gx is None else gx.addmm_(g, W)
+            torch.mm(g.t(), rows, out=gw[end - n:end])
+            if gb is not None:
+                torch.sum(g, 0, out=gb[end - n:end])
+        gx = None if gx is None else gx.view(x.shape)
+        return gx, gw, gb, None
+
+
+def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 sizes: list[int]) -> list[torch.Tensor]:
+    """[linear(x, W_i, b_i)] for the consecutive row blocks W_i of weight of the given sizes. For CPU fp32
+    (see `linear`) one autograd node with a single input gradient; elsewhere separate linears."""
+    if _onednn_applies(x, weight):
+        return list(_SplitLinear.apply(x, weight, bias, tuple(sizes)))
+    return [linear(x, weight[end - n:end], None if bias is None else bias[end - n:end])
+            for n, end in zip(sizes, itertools.accumulate(sizes))]

@@ -20,7 +20,6 @@ memory-bound loops run in C: cpu_kernels.py).
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from types import SimpleNamespace
 
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from longvid.models import cpu_kernels
-from longvid.models.fast_linear import linear
+from longvid.models.fast_linear import linear, split_linear
 from longvid.models.ssd import ssd_chunked
 
 # The chunk only changes how the scan is computed, never its result. The kernels want 256; in PyTorch
@@ -328,9 +327,7 @@ class Mamba2(nn.Module):
         """
         if type(self.in_proj) is not nn.Linear:
             return list(self.in_proj(u).split(sizes, dim=-1))
-        W, bias = self.in_proj.weight, self.in_proj.bias
-        return [linear(u, W[end - n:end], None if bias is None else bias[end - n:end])
-                for n, end in zip(sizes, itertools.accumulate(sizes))]
+        return split_linear(u, self.in_proj.weight, self.in_proj.bias, sizes)
 
     def _torch_ssm(self, x, dt, B, C, z) -> torch.Tensor:
         """The scan, D skip and gate (and norm) in PyTorch -> (b, L, d_ssm).
