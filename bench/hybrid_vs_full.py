@@ -13,7 +13,7 @@ scan chunk the Mamba code really uses on this device; and forward FLOPs of the r
 480x720, where Mamba's projections cost about as much as the attention the windows save. Then
 whether the hybrid's measured ratio is within 10 % of its FLOP ratio.
 
-On CPU, fp32 runs Mamba2's memory-bound loops in C (longvid.models.cpu_kernels) unless
+On CPU, fp32 runs Mamba2's norm, conv and scan as C code (longvid.models.cpu_kernels) unless
 LONGVID_CPU_KERNELS=0, which times the all-PyTorch path instead; the config line says which ran.
 
 On Linux the CPU allocator is told to keep freed memory (glibc mallopt; --malloc default does not):
@@ -125,7 +125,7 @@ def main() -> None:
     kernels = dev.type == "cuda" and _cuda_kernels() is not None
     chunk = base.mamba_chunk_size if kernels else min(base.mamba_chunk_size, TORCH_SCAN_CHUNK)
     mamba_path = ("mamba_ssm kernels" if kernels else
-                  "PyTorch + C loops (cpu_kernels)" if cpu_kernels.applies(x) else "PyTorch")
+                  "C scan, conv, norm (cpu_kernels)" if cpu_kernels.applies(x) else "PyTorch")
     print(f"config: hidden {base.hidden_size}, {base.num_layers} layers, {base.latent_frames} latent frames "
           f"x {base.frame_tokens} tokens + {base.text_length} text = {N} tokens, {args.dtype} on {dev}, "
           f"{torch.get_num_threads()} threads, {args.clock} clock, {malloc} malloc; Mamba scan: "

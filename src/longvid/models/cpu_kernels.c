@@ -1,9 +1,11 @@
-/* Fused CPU loops for the memory-bound parts of the Mamba2 mixer, fp32, row-major (rows, channels).
+/* Fused CPU code for the Mamba2 mixer, fp32, row-major (rows, channels): the gated norm, the causal conv
+ * and the chunked SSD scan, forward and backward.
  *
  * In PyTorch each elementwise step of the gated norm and of the conv's activation and gradients is one
  * pass over memory; here each row is read once and every step runs on it in registers. Built and loaded
- * by cpu_kernels.py. Every function handles the rows [t0, t1) so that callers can split rows across
- * threads; sums over rows (weight and bias gradients) are added into buffers the caller owns per thread.
+ * by cpu_kernels.py. Every function handles a range of rows (or of heads, for the scan) so that callers
+ * can split the work across threads; sums over rows (weight and bias gradients) are added into buffers
+ * the caller owns per thread.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -408,8 +410,8 @@ void ssd_scan_fwd(const float *x, const float *dt, const float *a, const float *
 /* Backward of ssd_scan_fwd, chunks in reverse with each head's state gradient (n x p) carried along:
  * gy (nb, L, nh, p), gfinal (nb, nh, p, n) or NULL -> gx (nb, L, nh, p) and gdt (nb, L, nh) written for
  * heads [h0, h1); ga (nb, c, nh, l), zeroed by the caller, the gradient of a in natural units (its
- * cumulative sum is the caller's); gB, gC (nb, L, g, n) and gDs (nh, p; with Ds) added into. With X = dt x,
- * per chunk:
+ * cumulative sum is the caller's); gB, gC (nb, L, g, n) written whole, as sums over heads [h0, h1); gDs
+ * (nh, p; with Ds) added into. With X = dt x, per chunk:
  *   state    h_k = e h_{k-1} + B^T XE:  gXE = B dh, gB += XE dh^T, g_e = <dh, h_{k-1}>, gw = <gXE, XE>
  *   inter    y += ea C h_{k-1}:          G1 = dy ea, gC += G1 h_{k-1}, ga += <C, G1 h_{k-1}>,
  *                                        dh_{k-1} = e dh_k + C^T G1
@@ -521,12 +523,8 @@ void ssd_scan_bwd(const float *x, const float *dt, const float *a, const float *
                 gemm(l, n, l, gS, l, 1, Bk, bs, gCk, n, 1); /* S = C B^T: gC += gS B, gB += gS^T C */
                 gemm(l, n, l, gS, 1, l, Ck, cs, gBk, n, 1);
                 for (long r = 0; r < real; r++) {
-                    float *gb = gB + ((b * L + k * l + r) * g + gi) * n, *gc = gC + ((b * L + k * l + r) * g + gi) * n;
-#pragma omp simd
-                    for (long i = 0; i < n; i++) {
-                        gb[i] += gBk[r * n + i];
-                        gc[i] += gCk[r * n + i];
-                    }
+                    memcpy(gB + ((b * L + k * l + r) * g + gi) * n, gBk + r * n, n * sizeof(float));
+                    memcpy(gC + ((b * L + k * l + r) * g + gi) * n, gCk + r * n, n * sizeof(float));
                 }
             }
         }

@@ -14,7 +14,7 @@ state dicts load either way (transformers' `Mamba2Mixer` uses the same names too
 On a CUDA tensor with mamba_ssm installed the forward goes to its fused Triton/CUDA kernels; anywhere
 else (CPU machines, tests, `use_kernels=False`) it runs the chunked SSD scan of ssd.py, with the
 causal conv and the gated norm below, all three with hand-written backwards (in fp32 on CPU, their
-memory-bound loops run in C: cpu_kernels.py).
+loops and small products run as C code: cpu_kernels.py).
 """
 
 from __future__ import annotations

@@ -96,6 +96,8 @@ class _SSDChunked(torch.autograd.Function):
     over permuted (chunk, head, step, step) views and their copies, a zero-filled gradient per chunk
     of the state loop, stacks, pads and slices. Here each large tensor is written once, in the layout
     its matmul reads, the hand-over runs in place, and the backward reuses the forward's matrices.
+    fp32 on CPU runs the same maths as C code instead (cpu_kernels: chunk after chunk per head, the
+    state held in cache); the PyTorch path serves other devices and dtypes, and is the tests' reference.
 
     Per chunk, with a the cumulative log-decay dt*A from the chunk start and X = dt * x:
       intra   y_l += sum_{s<=l} (C_l . B_s) exp(a_l - a_s) X_s               (M = S * decay, y = M X)
