@@ -54,6 +54,9 @@ def test_split_linear_matches_f_linear_per_block(bias, dtype):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-4)
     for a, e in zip(got_grads, want_grads):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-3)
+    # a frozen weight (LoRA on other layers): the input's gradient alone, the same
+    (gx,) = torch.autograd.grad(sum((split_linear(x, w.detach(), b, sizes)[i] * weights[i]).sum() for i in used), x)
+    torch.testing.assert_close(gx, want_grads[0], rtol=1e-5, atol=1e-3)
 
 
 def test_small_products_other_dtypes_and_autocast_fall_back():

@@ -75,16 +75,18 @@ class _SplitLinear(torch.autograd.Function):
     def backward(ctx, *grads: torch.Tensor | None):
         x, weight = ctx.saved_tensors
         rows = x.reshape(-1, x.shape[-1])
-        gx, gw = None, torch.zeros_like(weight)
-        gb = weight.new_zeros(weight.shape[0]) if ctx.has_bias else None
+        gx = None
+        gw = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None  # blocks without a gradient: 0
+        gb = weight.new_zeros(weight.shape[0]) if ctx.has_bias and ctx.needs_input_grad[2] else None
         for n, end, grad in zip(ctx.sizes, itertools.accumulate(ctx.sizes), grads):
             if grad is None or n == 0:
                 continue
             g = grad.reshape(-1, n)
-            W = weight[end - n:end]
             if ctx.needs_input_grad[0]:
+                W = weight[end - n:end]
                 gx = g @ W if gx is None else gx.addmm_(g, W)
-            torch.mm(g.t(), rows, out=gw[end - n:end])
+            if gw is not None:
+                torch.mm(g.t(), rows, out=gw[end - n:end])
             if gb is not None:
                 torch.sum(g, 0, out=gb[end - n:end])
         gx = None if gx is None else gx.view(x.shape)

@@ -113,7 +113,7 @@ class _SSDChunked(torch.autograd.Function):
         b, L, h, p = x.shape
         g, n = B.shape[-2:]
         hg, c = h // g, -(-L // l)
-        ctx.fused = cpu_kernels.applies(x, dt, A, B, C, D)  # fp32 on CPU: the loops below run in C
+        ctx.fused = cpu_kernels.applies(x, dt, A, B, C, D)  # fp32 on CPU: all of it in C (see above)
         ctx.D_shape = None if D is None else D.shape
         D = None if D is None else D.view(h, -1).expand(h, p)
         # (b,c,h,l), in log2 units: decays between two steps are differences of a, as in mamba_ssm's
