@@ -125,10 +125,10 @@ def main() -> None:
     kernels = dev.type == "cuda" and _cuda_kernels() is not None
     chunk = base.mamba_chunk_size if kernels else min(base.mamba_chunk_size, TORCH_SCAN_CHUNK)
     mamba_path = ("mamba_ssm kernels" if kernels else
-                  "C scan, conv, norm (cpu_kernels)" if cpu_kernels.applies(x) else "PyTorch")
+                  "C scan, conv and norm (cpu_kernels)" if cpu_kernels.applies(x) else "PyTorch")
     print(f"config: hidden {base.hidden_size}, {base.num_layers} layers, {base.latent_frames} latent frames "
           f"x {base.frame_tokens} tokens + {base.text_length} text = {N} tokens, {args.dtype} on {dev}, "
-          f"{torch.get_num_threads()} threads, {args.clock} clock, {malloc} malloc; Mamba scan: "
+          f"{torch.get_num_threads()} threads, {args.clock} clock, {malloc} malloc; Mamba2: "
           f"{mamba_path}, chunk {chunk}")
 
     def step(name: str) -> float:

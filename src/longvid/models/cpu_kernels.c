@@ -223,7 +223,8 @@ static void gemm(long m, long n, long k, const float *A, long ars, long acs, con
     }
 }
 
-/* One (l x l) block: decay = 2^clamp(a_r - a_s, floor, 0) for s <= r, else 0; M = decay * S. */
+/* One (l x l) block: decay = 2^clamp(a_r - a_s, floor, 0) for s <= r, else 0 (kept where decay is not
+ * NULL); M = decay * S. */
 static void decay_block(const float *ah, const float *s_, long l, float floor_, float *decay, float *M) {
     for (long r = 0; r < l; r++) {
         float ar = ah[r];
@@ -232,7 +233,7 @@ static void decay_block(const float *ah, const float *s_, long l, float floor_, 
             float v = ar - ah[s];
             v = v < floor_ ? floor_ : v;
             v = s <= r ? exp2f(v > 0.0f ? 0.0f : v) : 0.0f;
-            decay[r * l + s] = v;
+            if (decay) decay[r * l + s] = v;
             M[r * l + s] = v * s_[r * l + s];
         }
     }
@@ -337,13 +338,13 @@ static void scale(float *v, long m, float s) {
 
 enum { SCAN_BUFFERS = 16 };
 
-/* Per-call scratch: SCAN_BUFFERS blocks of the largest size any of them takes, plus the heads' states. */
-static float *scratch(long l, long p, long n, long heads, float **bufs) {
+/* Per-call scratch, one allocation (free bufs[0]): SCAN_BUFFERS blocks of the largest size any of them
+ * takes, then in bufs[SCAN_BUFFERS] room for `heads` states (n x p). */
+static void scratch(long l, long p, long n, long heads, float **bufs) {
     long big = l * l > l * n ? l * l : l * n;
     big = big > n * p ? big : n * p;
     float *mem = malloc((SCAN_BUFFERS * big + heads * n * p) * sizeof(float));
-    for (int i = 0; i < SCAN_BUFFERS; i++) bufs[i] = mem + i * big;
-    return mem;
+    for (int i = 0; i <= SCAN_BUFFERS; i++) bufs[i] = mem + i * big;
 }
 
 /* Forward for heads [h0, h1) of every group and batch. x (nb, L, nh, p), dt (nb, L, nh), a (nb, c, nh, l)
@@ -356,9 +357,10 @@ void ssd_scan_fwd(const float *x, const float *dt, const float *a, const float *
                   float *y, float *S, float *hprev, float *final, long nb, long L, long c, long g, long hg, long l,
                   long p, long n, float floor_, long h0, long h1) {
     long nh = g * hg;
-    float *f[SCAN_BUFFERS], *mem = scratch(l, p, n, 0, f);
-    float *Bbuf = f[0], *Cbuf = f[1], *BT = f[2], *D = f[3], *M = f[4], *X = f[5], *XE = f[6], *Ybuf = f[7];
-    float *Ce = f[8], *w_end = f[9], *ea = f[10], *HT = f[11], *Sbuf = f[12];
+    float *f[SCAN_BUFFERS + 1];
+    scratch(l, p, n, 0, f);
+    float *Bbuf = f[0], *Cbuf = f[1], *BT = f[2], *M = f[3], *X = f[4], *XE = f[5], *Ybuf = f[6];
+    float *Ce = f[7], *w_end = f[8], *ea = f[9], *HT = f[10], *Sbuf = f[11];
     for (long b = 0; b < nb; b++) {
         for (long gi = 0; gi < g; gi++) {
             for (long k = 0; k < c; k++) {
@@ -377,7 +379,7 @@ void ssd_scan_fwd(const float *x, const float *dt, const float *a, const float *
                     float *Y = real == l ? y + ((b * L + k * l) * nh + hh) * p : Ybuf;
                     long ys = real == l ? nh * p : p;
                     float e = chunk_inputs(x, dt, ah, b, k, L, l, nh, hh, p, floor_, X, XE, w_end, ea);
-                    decay_block(ah, Sk, l, floor_, D, M);
+                    decay_block(ah, Sk, l, floor_, NULL, M);
                     gemm(l, p, l, M, l, 1, X, p, Y, ys, 0); /* intra-chunk: M X */
                     if (k > 0) { /* inter-chunk: ea C h^T */
                         for (long r = 0; r < l; r++)
@@ -404,7 +406,7 @@ void ssd_scan_fwd(const float *x, const float *dt, const float *a, const float *
             }
         }
     }
-    free(mem);
+    free(f[0]);
 }
 
 /* Backward of ssd_scan_fwd, chunks in reverse with each head's state gradient (n x p) carried along:
@@ -422,10 +424,11 @@ void ssd_scan_bwd(const float *x, const float *dt, const float *a, const float *
                   float *ga, float *gB, float *gC, float *gDs, long nb, long L, long c, long g, long hg, long l,
                   long p, long n, float floor_, long h0, long h1) {
     long nh = g * hg, ll = l * l;
-    float *f[SCAN_BUFFERS], *mem = scratch(l, p, n, h1 - h0, f);
+    float *f[SCAN_BUFFERS + 1];
+    scratch(l, p, n, h1 - h0, f);
     float *Bbuf = f[0], *Cbuf = f[1], *GYbuf = f[2], *D = f[3], *M = f[4], *X = f[5], *XE = f[6], *G = f[7];
     float *GXE = f[8], *dH = f[9], *T = f[10], *gBk = f[11], *gCk = f[12], *gS = f[13], *w_end = f[14], *ea = f[15];
-    float *DH = mem + SCAN_BUFFERS * (f[1] - f[0]);
+    float *DH = f[SCAN_BUFFERS]; /* the heads' state gradients */
     float *P = T, *XT = dH, *G1 = G; /* P and T, XT and dH, G1 and G are never live at once */
     for (long b = 0; b < nb; b++) {
         for (long gi = 0; gi < g; gi++) {
@@ -529,5 +532,5 @@ void ssd_scan_bwd(const float *x, const float *dt, const float *a, const float *
             }
         }
     }
-    free(mem);
+    free(f[0]);
 }

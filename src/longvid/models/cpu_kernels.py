@@ -10,7 +10,7 @@ at the benchmark's sizes: 78 ms as PyTorch batched products with C loops between
 
 The C file is compiled once per machine by the system C compiler into the user's cache (keyed by
 source, flags, compiler and CPU, so -march=native is safe) and loaded with ctypes, whose calls release
-the GIL: with torch's thread count above 1 the rows (or blocks) are split over that many threads.
+the GIL: with torch's thread count above 1 the rows (or the scan's heads) are split over that many threads.
 Where it cannot be built (no C compiler, not Linux on x86-64) the PyTorch code runs instead, after one
 warning; LONGVID_CPU_KERNELS=0 turns the loops off.
 """
@@ -115,19 +115,23 @@ def _pool(threads: int, pid: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="longvid-cpu")
 
 
-def _over_rows(rows: int, call, *partials: torch.Tensor, min_rows: int = MIN_ROWS_PER_THREAD) -> None:
+def _over_rows(rows: int, call, *partials: torch.Tensor, min_rows: int = MIN_ROWS_PER_THREAD,
+               written: bool = False) -> None:
     """call(t0, t1, *buffers) over row ranges covering [0, rows), one per thread; each range adds its
-    sums into its own zeroed copy of `partials`, which are then added into the given tensors."""
+    sums into its own zeroed copy of `partials`, which are then added into the given tensors. With
+    written=True every range writes all of its copy (the given tensors need no zeroing) and they are
+    set to the copies' sum. With one range, the given tensors are the buffers."""
     n = max(1, min(torch.get_num_threads(), rows // min_rows))
     if n == 1:
         call(0, rows, *partials)
         return
     bounds = [rows * i // n for i in range(n + 1)]
-    own = [[torch.zeros_like(p) for p in partials] for _ in range(n)]
+    own = [[(torch.empty_like if written else torch.zeros_like)(p) for p in partials] for _ in range(n)]
     for f in [_pool(n, os.getpid()).submit(call, bounds[i], bounds[i + 1], *own[i]) for i in range(n)]:
         f.result()
     for i, p in enumerate(partials):
-        p += sum(o[i] for o in own)
+        total = sum(o[i] for o in own)
+        (p.copy_ if written else p.add_)(total)
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -188,7 +192,7 @@ def conv_silu_backward(x, weight_t, bias, grads: list[torch.Tensor]):
 
 # The chunked SSD scan (ssd.py names and shapes), split over threads by heads within a group: each
 # thread carries its heads' states through all chunks; B's and C's gradients are sums over heads, so
-# each thread adds into its own zeroed copy of them.
+# each thread writes its own copy of them.
 
 def _scan_geometry(x, B, a):
     b, L, h, p = x.shape
@@ -220,11 +224,8 @@ def ssd_scan_backward(x, dt, a, B, C, D, S, hprev, gy, g_final, floor: float):
     g_final = None if g_final is None else g_final.contiguous()
     b, L, c, g, hg, l, p, n = geometry = _scan_geometry(x, B, a)
     gx, gdt, ga = torch.empty_like(x), torch.empty_like(dt), a.new_zeros(a.shape)
-    # each call writes all of gB and gC, its heads' share: a single call writes the results themselves,
-    # several write zeroed copies that _over_rows then adds into them
-    alone = min(torch.get_num_threads(), hg) == 1
-    gB, gC = (torch.empty_like(t) if alone else torch.zeros_like(t) for t in (B, C))
+    gB, gC = torch.empty_like(B), torch.empty_like(C)  # each call writes them whole (its heads' share)
     _over_rows(hg, lambda h0, h1, gB_, gC_: library().ssd_scan_bwd(
         *map(_ptr, (x, dt, a, B, C, D, S, hprev, gy, g_final, gx, gdt, ga, gB_, gC_, gD)), *geometry, floor,
-        h0, h1), gB, gC, min_rows=1)
+        h0, h1), gB, gC, min_rows=1, written=True)
     return gx, gdt, ga, gB, gC, gD

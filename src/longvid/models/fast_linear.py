@@ -68,8 +68,7 @@ class _SplitLinear(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sizes: tuple[int, ...]):
         ctx.save_for_backward(x, weight)
         ctx.has_bias, ctx.sizes = bias is not None, sizes
-        return tuple(linear(x, weight[end - n:end], None if bias is None else bias[end - n:end])
-                     for n, end in zip(sizes, itertools.accumulate(sizes)))
+        return tuple(linear(x, W, b) for W, b in _blocks(weight, bias, sizes))
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor | None):
@@ -83,8 +82,7 @@ class _SplitLinear(torch.autograd.Function):
                 continue
             g = grad.reshape(-1, n)
             if ctx.needs_input_grad[0]:
-                W = weight[end - n:end]
-                gx = g @ W if gx is None else gx.addmm_(g, W)
+                gx = g @ weight[end - n:end] if gx is None else gx.addmm_(g, weight[end - n:end])
             if gw is not None:
                 torch.mm(g.t(), rows, out=gw[end - n:end])
             if gb is not None:
@@ -99,5 +97,10 @@ def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     (see `linear`) one autograd node with a single input gradient; elsewhere separate linears."""
     if _onednn_applies(x, weight):
         return list(_SplitLinear.apply(x, weight, bias, tuple(sizes)))
-    return [linear(x, weight[end - n:end], None if bias is None else bias[end - n:end])
-            for n, end in zip(sizes, itertools.accumulate(sizes))]
+    return [linear(x, W, b) for W, b in _blocks(weight, bias, sizes)]
+
+
+def _blocks(weight: torch.Tensor, bias: torch.Tensor | None, sizes):
+    """(rows, bias) of each consecutive block of `sizes` rows."""
+    for n, end in zip(sizes, itertools.accumulate(sizes)):
+        yield weight[end - n:end], None if bias is None else bias[end - n:end]
