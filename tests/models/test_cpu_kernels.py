@@ -28,13 +28,16 @@ def _both(fn, monkeypatch, *inputs):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("b, L, with_bias", [(1, 700, True), (2, 3, True), (2, 515, False)])
-def test_conv_matches_pytorch(monkeypatch, threads, b, L, with_bias):
-    """Several threads split the steps (700 and 515 rows go to two), including sequences shorter than the
-    kernel; the pieces' gradients and the weight and bias gradients cross the split boundaries."""
+@pytest.mark.parametrize("b, L, with_bias, taps, sizes", [
+    (1, 700, True, 4, [32, 16, 16]), (2, 3, True, 4, [32, 16, 16]), (2, 515, False, 4, [32, 16, 16]),
+    (1, 600, True, 3, [5, 3, 3]), (2, 2, False, 2, [7, 1, 2])])
+def test_conv_matches_pytorch(monkeypatch, threads, b, L, with_bias, taps, sizes):
+    """Several threads split the steps (515 rows and more go to two), including sequences shorter than the
+    kernel; the pieces' gradients and the weight and bias gradients cross the split boundaries. Mamba2's
+    4 taps run in their own unrolled copy of the loops, other kernel sizes in the general one; channel
+    counts off the vector width leave remainders."""
     torch.manual_seed(0)
-    sizes = [32, 16, 16]
-    x, w = torch.randn(b, L, sum(sizes)), torch.randn(sum(sizes), 1, 4) * 0.5
+    x, w = torch.randn(b, L, sum(sizes)), torch.randn(sum(sizes), 1, taps) * 0.5
     bias = torch.randn(sum(sizes)) if with_bias else None
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)

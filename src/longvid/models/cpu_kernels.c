@@ -17,6 +17,7 @@ extern float expf(float);
 
 static inline float sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
 
+
 /* out = rmsnorm(y * silu(z)) * w per group of gs channels; r = 1 / rms per row and group. */
 void gated_norm_fwd(const float *y, const float *z, const float *w, float *out, float *r, long t0, long t1, long d,
                     long gs, float eps) {
@@ -66,84 +67,157 @@ void gated_norm_bwd(const float *y, const float *z, const float *w, const float 
     }
 }
 
-/* Causal depthwise conv (K taps, weight wt as (K, ch): tap K-1 is the current step) before the
- * activation, row t of batch b: bias + sum_k wt[k] x[t - (K-1) + k], earlier steps than 0 being 0. */
-static void conv_row(const float *xb, const float *wt, const float *bias, long t, long ch, long K, float *pre) {
-#pragma omp simd
-    for (long c = 0; c < ch; c++) pre[c] = bias ? bias[c] : 0.0f;
-    for (long k = (t >= K - 1 ? 0 : K - 1 - t); k < K; k++) {
-        const float *xs = xb + (t - (K - 1) + k) * ch, *wk = wt + k * ch;
-#pragma omp simd
-        for (long c = 0; c < ch; c++) pre[c] += wk[c] * xs[c];
+/* The causal depthwise conv: K taps, weight wt as (K, ch) with tap K-1 the current step, on rows of
+ * x (nb, L, ch); steps before 0 read as 0. Every channel's taps, activation and gradients run in
+ * registers in one pass over a row: as separate passes per tap (a buffer row read and written K + 1
+ * times) the conv took 2-3x the time of reading its inputs and writing its outputs. */
+enum { MAX_TAPS = 8, MAX_PIECES = 8 }; /* checked by cpu_kernels.py */
+
+/* Rows ahead that the conv asks the cache for: the hardware prefetcher alone left the loops waiting on
+ * each new row of x and of the gradients. */
+enum { PREFETCH_ROWS = 2 };
+
+static inline void prefetch(const void *p, long bytes, int write) {
+    for (long i = 0; i < bytes; i += 64) {
+        if (write)
+            __builtin_prefetch((const char *)p + i, 1, 3);
+        else
+            __builtin_prefetch((const char *)p + i, 0, 3);
     }
 }
 
-/* silu(conv(x)) of x (nb, L, ch) for steps [t0, t1) of every batch, written as n_out contiguous pieces
- * (nb, L, widths[i]) that split the channels in order. */
-void conv_silu_fwd(const float *x, const float *wt, const float *bias, float *const *outs, const long *widths,
-                   long n_out, long nb, long L, long ch, long K, long t0, long t1) {
-    float *pre = malloc(ch * sizeof(float));
+/* x's rows for the taps of step t (the zero row before the sequence start). */
+static void tap_rows(const float *xb, const float *zeros, long t, long ch, long K, const float **rows) {
+    for (long k = 0; k < K; k++) rows[k] = t - (K - 1) + k >= 0 ? xb + (t - (K - 1) + k) * ch : zeros;
+}
+
+static inline __attribute__((always_inline)) float conv_at(const float *const *rows, const float *wt,
+                                                            const float *bias, long ch, long K, long c) {
+    float pre = bias[c];
+    for (long k = 0; k < K; k++) pre += wt[k * ch + c] * rows[k][c];
+    return pre;
+}
+
+static inline __attribute__((always_inline)) void conv_fwd_rows(
+    const float *x, const float *wt, const float *bias, float *const *outs, const long *widths, long n_out,
+    long nb, long L, long ch, long K, long t0, long t1) {
+    float *zeros = calloc(ch, sizeof(float));
+    const float *bs = bias ? bias : zeros, *rows[MAX_TAPS];
     for (long b = 0; b < nb; b++) {
         for (long t = t0; t < t1; t++) {
-            conv_row(x + b * L * ch, wt, bias, t, ch, K, pre);
+            tap_rows(x + b * L * ch, zeros, t, ch, K, rows);
+            if (t + PREFETCH_ROWS < t1) {
+                prefetch(x + (b * L + t + PREFETCH_ROWS) * ch, ch * 4, 0);
+                for (long i = 0; i < n_out; i++)
+                    prefetch(outs[i] + (b * L + t + PREFETCH_ROWS) * widths[i], widths[i] * 4, 1);
+            }
             for (long i = 0, c0 = 0; i < n_out; c0 += widths[i++]) {
-                float *o = outs[i] + (b * L + t) * widths[i];
+                float *o = outs[i] + (b * L + t) * widths[i] - c0;
 #pragma omp simd
-                for (long c = 0; c < widths[i]; c++) o[c] = pre[c0 + c] * sigmoid(pre[c0 + c]);
+                for (long c = c0; c < c0 + widths[i]; c++) {
+                    float pre = conv_at(rows, wt, bs, ch, K, c);
+                    o[c] = pre * sigmoid(pre);
+                }
             }
         }
     }
-    free(pre);
+    free(zeros);
 }
 
-/* Gradients of conv_silu_fwd given the pieces' gradients: gx for steps [t0, t1), and the sums over
- * those steps of the weight (as (K, ch)) and bias gradients. The gradient before the activation,
- * gpre, is recomputed row by row into a ring of the last K rows: gx[s] = sum_k wt[k] gpre[s+K-1-k]. */
-void conv_silu_bwd(const float *x, const float *wt, const float *bias, const float *const *grads,
-                   const long *widths, long n_out, float *gx, float *gwt, float *gb, long nb, long L, long ch,
-                   long K, long t0, long t1) {
-    float *ring = malloc(K * ch * sizeof(float)), *pre = malloc(ch * sizeof(float));
+/* silu(conv(x)) for steps [t0, t1) of every batch, written as n_out contiguous pieces (nb, L, widths[i])
+ * that split the channels in order. bias may be NULL. Mamba2's 4 taps get their own copy, with the tap
+ * loop unrolled (with a variable count the channel loop ran 5x slower). */
+void conv_silu_fwd(const float *x, const float *wt, const float *bias, float *const *outs, const long *widths,
+                   long n_out, long nb, long L, long ch, long K, long t0, long t1) {
+    if (K == 4)
+        conv_fwd_rows(x, wt, bias, outs, widths, n_out, nb, L, ch, 4, t0, t1);
+    else
+        conv_fwd_rows(x, wt, bias, outs, widths, n_out, nb, L, ch, K, t0, t1);
+}
+
+/* One step t of the backward: gp = the gradient before the activation at t (recomputing the conv),
+ * into `ring` row t % K; with sums=1 its terms of the bias and weight gradients; with emit=1 the input
+ * gradient of step t - K + 1, which needs gp of steps t - K + 1 .. t. Inlined per (sums, emit). */
+static inline __attribute__((always_inline)) void conv_bwd_step(
+    const float *const *rows, const float *wt, const float *bs, const float *const *g_t, const long *widths,
+    long n_out, float *ring, float *gx_s, float *gwt, float *gb, long ch, long K, long t, int sums, int emit) {
+    const float *gr[MAX_TAPS]; /* gr[k]: ring row of step t - k */
+    for (long k = 0; k < K; k++) gr[k] = ring + ((t - k) % K) * ch;
+    float *gp = ring + (t % K) * ch;
+    for (long i = 0, c0 = 0; i < n_out; c0 += widths[i++]) {
+        const float *g = g_t[i] - c0;
+#pragma omp simd
+        for (long c = c0; c < c0 + widths[i]; c++) {
+            float pre = conv_at(rows, wt, bs, ch, K, c), s = sigmoid(pre);
+            float v = g[c] * s * (1.0f + pre * (1.0f - s)); /* silu'(pre) = s (1 + pre (1 - s)) */
+            gp[c] = v;
+            if (sums) {
+                gb[c] += v;
+                for (long k = 0; k < K; k++) gwt[k * ch + c] += v * rows[k][c];
+            }
+            if (emit) { /* gx[s] = sum_k wt[k] gp[s + K - 1 - k], here gp[t - k] */
+                float sum = wt[c] * v;
+                for (long k = 1; k < K; k++) sum += wt[k * ch + c] * gr[k][c];
+                gx_s[c] = sum;
+            }
+        }
+    }
+}
+
+/* Gradients of conv_silu_fwd given the pieces' gradients: gx for steps [t0, t1), and the sums over those
+ * steps of the weight (as (K, ch)) and bias gradients (gb is written even without a bias). Steps up to
+ * t1 + K - 2 are recomputed for gx near the range's end; only [t0, t1) add to the sums. */
+static inline __attribute__((always_inline)) void conv_bwd_rows(
+    const float *x, const float *wt, const float *bias, const float *const *grads, const long *widths, long n_out,
+    float *gx, float *gwt, float *gb, long nb, long L, long ch, long K, long t0, long t1) {
+    float *ring = malloc(K * ch * sizeof(float)), *zeros = calloc(ch, sizeof(float));
+    const float *bs = bias ? bias : zeros, *rows[MAX_TAPS], *g_t[MAX_PIECES];
     for (long b = 0; b < nb; b++) {
         const float *xb = x + b * L * ch;
-        for (long t = t0; t < t1 + K - 1; t++) {
-            float *gp = ring + (t % K) * ch;
-            if (t < L) {
-                conv_row(xb, wt, bias, t, ch, K, pre);
-                for (long i = 0, c0 = 0; i < n_out; c0 += widths[i++]) {
-                    const float *g = grads[i] + (b * L + t) * widths[i];
-#pragma omp simd
-                    for (long c = 0; c < widths[i]; c++) {
-                        float s = sigmoid(pre[c0 + c]);
-                        gp[c0 + c] = g[c] * s * (1.0f + pre[c0 + c] * (1.0f - s));
-                    }
-                }
-            } else {
-                memset(gp, 0, ch * sizeof(float)); /* past the sequence's end */
+        long end = t1 + K - 1 < L ? t1 + K - 1 : L;
+        for (long t = t0; t < end; t++) {
+            tap_rows(xb, zeros, t, ch, K, rows);
+            for (long i = 0; i < n_out; i++) g_t[i] = grads[i] + (b * L + t) * widths[i];
+            if (t + PREFETCH_ROWS < end) {
+                prefetch(xb + (t + PREFETCH_ROWS) * ch, ch * 4, 0);
+                for (long i = 0; i < n_out; i++) prefetch(g_t[i] + PREFETCH_ROWS * widths[i], widths[i] * 4, 0);
+                if (t + PREFETCH_ROWS - (K - 1) >= t0)
+                    prefetch(gx + (b * L + t + PREFETCH_ROWS - (K - 1)) * ch, ch * 4, 1);
             }
-            if (t < t1) {
+            int sums = t < t1, emit = t - (K - 1) >= t0;
+            float *gx_s = emit ? gx + (b * L + t - (K - 1)) * ch : NULL;
+#define STEP(sums, emit) conv_bwd_step(rows, wt, bs, g_t, widths, n_out, ring, gx_s, gwt, gb, ch, K, t, sums, emit)
+            if (sums && emit) STEP(1, 1);
+            else if (sums) STEP(1, 0);
+            else if (emit) STEP(0, 1);
+            else STEP(0, 0);
+#undef STEP
+        }
+        for (long t = end; t < t1 + K - 1; t++) { /* past the sequence's end gp is 0 */
+            memset(ring + (t % K) * ch, 0, ch * sizeof(float));
+            long s = t - (K - 1);
+            if (s < t0) continue;
+            float *gxs = gx + (b * L + s) * ch;
+            memset(gxs, 0, ch * sizeof(float));
+            for (long k = 0; k < K; k++) {
+                const float *gr = ring + ((t - k) % K) * ch, *wk = wt + k * ch;
 #pragma omp simd
-                for (long c = 0; c < ch; c++) gb[c] += gp[c];
-                for (long k = (t >= K - 1 ? 0 : K - 1 - t); k < K; k++) {
-                    const float *xs = xb + (t - (K - 1) + k) * ch;
-                    float *gwk = gwt + k * ch;
-#pragma omp simd
-                    for (long c = 0; c < ch; c++) gwk[c] += gp[c] * xs[c];
-                }
-            }
-            long s = t - (K - 1); /* gpre rows s .. t are in the ring now */
-            if (s >= t0) {
-                float *gxs = gx + (b * L + s) * ch;
-                memset(gxs, 0, ch * sizeof(float));
-                for (long k = 0; k < K; k++) {
-                    const float *gr = ring + ((t - k) % K) * ch, *wk = wt + k * ch;
-#pragma omp simd
-                    for (long c = 0; c < ch; c++) gxs[c] += wk[c] * gr[c];
-                }
+                for (long c = 0; c < ch; c++) gxs[c] += wk[c] * gr[c];
             }
         }
     }
     free(ring);
-    free(pre);
+    free(zeros);
+}
+
+/* (conv_bwd_rows, with Mamba2's 4 taps unrolled as in the forward) */
+void conv_silu_bwd(const float *x, const float *wt, const float *bias, const float *const *grads,
+                   const long *widths, long n_out, float *gx, float *gwt, float *gb, long nb, long L, long ch,
+                   long K, long t0, long t1) {
+    if (K == 4)
+        conv_bwd_rows(x, wt, bias, grads, widths, n_out, gx, gwt, gb, nb, L, ch, 4, t0, t1);
+    else
+        conv_bwd_rows(x, wt, bias, grads, widths, n_out, gx, gwt, gb, nb, L, ch, K, t0, t1);
 }
 
 /* ---- The chunked SSD scan (ssd.py), one pass over the chunks per head ----

@@ -36,6 +36,7 @@ SOURCE = Path(__file__).with_name("cpu_kernels.c")
 FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp-simd", "-fno-math-errno", "-shared",
          "-fPIC"]
 LIBS = ["-lmvec", "-lm"]  # glibc's vector math (expf), then libm
+MAX_TAPS, MAX_PIECES = 8, 8  # the conv's kernel size and output pieces at most (cpu_kernels.c); Mamba2: 4, 3
 MIN_ROWS_PER_THREAD = 256  # below this a thread's start costs more than its share of the loop
 
 _P, _L, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
@@ -169,6 +170,7 @@ def conv_silu_forward(x, weight_t, bias, widths: list[int]) -> list[torch.Tensor
     x, weight_t = x.contiguous(), weight_t.contiguous()
     bias = None if bias is None else bias.contiguous()
     b, L, ch = x.shape
+    assert weight_t.shape[0] <= MAX_TAPS and len(widths) <= MAX_PIECES
     outs = [x.new_empty(b, L, w) for w in widths]
     ptrs, ws = _pointers(outs), (ctypes.c_long * len(widths))(*widths)
     _over_rows(L, lambda t0, t1: library().conv_silu_fwd(
@@ -182,6 +184,7 @@ def conv_silu_backward(x, weight_t, bias, grads: list[torch.Tensor]):
     K = weight_t.shape[0]
     x, weight_t, grads = x.contiguous(), weight_t.contiguous(), [g.contiguous() for g in grads]
     bias = None if bias is None else bias.contiguous()
+    assert K <= MAX_TAPS and len(grads) <= MAX_PIECES
     gx, gwt, gb = torch.empty_like(x), x.new_zeros(K, ch), x.new_zeros(ch)
     ptrs, ws = _pointers(grads), (ctypes.c_long * len(grads))(*(g.shape[-1] for g in grads))
     _over_rows(L, lambda t0, t1, gwt_, gb_: library().conv_silu_bwd(

@@ -56,7 +56,7 @@ class CausalConv1dSiLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sizes: list[int]):
-        ctx.fused = cpu_kernels.applies(x, weight, bias)
+        ctx.fused = cpu_kernels.applies(x, weight, bias) and weight.shape[-1] <= cpu_kernels.MAX_TAPS
         if ctx.fused:  # one pass in C, each group written contiguous; the backward recomputes the conv
             x = x.contiguous()
             weight_t = weight.reshape(weight.shape[0], -1).t().contiguous()  # (K, ch): taps in rows
