@@ -7,6 +7,7 @@ import torch
 
 from longvid.models import cpu_kernels
 from longvid.models.mamba2 import CausalConv1dSiLU, Mamba2, _GatedNorm
+from longvid.models.scan_order import gated_residual, scan_norm
 from longvid.models.ssd import ssd_chunked
 
 pytestmark = pytest.mark.skipif(cpu_kernels.library() is None, reason="no C compiler to build the loops with")
@@ -71,6 +72,34 @@ def test_gated_norm_matches_pytorch(monkeypatch, threads, group_size):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("keep, reverse", [(0, False), (7, True), (0, True)])
+def test_scan_norm_and_gated_residual_match_pytorch(monkeypatch, threads, keep, reverse):
+    """A scan block's input norm (rows read in scan order) and gated residual (the scan's output read back
+    in token order) against LayerNorm and addcmul around the reordering copy; 2 x 300 rows split over
+    threads across the batch boundary."""
+    torch.manual_seed(0)
+    b, N, d = 2, 300, 48
+    norm = torch.nn.LayerNorm(d)
+    del norm.weight, norm.bias  # set per run to _both's leaves, so that their gradients are compared
+    h, m, x = (torch.randn(b, N, d) for _ in range(3))
+    alpha = torch.randn(d)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        def normed(x, w, bias):
+            norm.weight, norm.bias = w, bias
+            return scan_norm(x * 3 + 1, norm, keep, reverse)  # an offset and scale for the norm to remove
+        got, want = _both(normed, monkeypatch, x, torch.rand(d) + 0.5, torch.randn(d))
+        for a, e in zip(got[0] + got[1], want[0] + want[1]):
+            torch.testing.assert_close(a, e, rtol=1e-5, atol=3e-5)  # weight, bias: sums over 600 rows
+        got, want = _both(lambda h, a, m: gated_residual(h, a, m, keep, reverse), monkeypatch, h, alpha, m)
+        for a, e in zip(got[0] + got[1], want[0] + want[1]):
+            torch.testing.assert_close(a, e, rtol=1e-5, atol=3e-5)
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_mixer_with_and_without_loops(monkeypatch):
     """The whole mixer (fp32): output and every parameter's gradient agree between the two paths."""
     torch.manual_seed(0)
@@ -97,7 +126,7 @@ def test_built_once_per_machine(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("cc, why", [("no-such-cc", "not found"),
-                                     ("false", "building cpu_kernels.c with false")])
+                                     ("false", "building cpu_rows.c, cpu_scan.c with false")])
 def test_without_a_compiler_pytorch_runs(tmp_path, monkeypatch, cc, why):
     """No compiler, or one that fails: one warning naming the reason, and the mixer runs as PyTorch ops."""
     monkeypatch.setenv("CC", cc)

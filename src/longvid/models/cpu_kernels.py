@@ -1,5 +1,5 @@
-"""Fused CPU loops (cpu_kernels.c) for the Mamba2 mixer: gated norm, causal conv, and the whole chunked
-SSD scan (ssd.py). fp32 only.
+"""Fused CPU loops for the Mamba2 scan blocks: gated norm, causal conv, the input norm and gated residual
+around a scan (cpu_rows.c), and the whole chunked SSD scan (cpu_scan.c, ssd.py). fp32 only.
 
 As PyTorch ops every elementwise step was a pass over memory: on one core of an Intel Xeon (Sapphire
 Rapids class) at 9.5k tokens the norm took 29-35 ms and the conv 38-44 of a ~250 ms ScanBlock, forward
@@ -8,7 +8,7 @@ the head's state in cache and its products as small register-tiled loops, which 
 on 64-128 wide blocks where MKL's batched products of them ran at ~90 (forward + backward of one scan
 at the benchmark's sizes: 78 ms as PyTorch batched products with C loops between them, now 51 ms).
 
-The C file is compiled once per machine by the system C compiler into the user's cache (keyed by
+The C files are compiled once per machine by the system C compiler into the user's cache (keyed by
 source, flags, compiler and CPU, so -march=native is safe) and loaded with ctypes, whose calls release
 the GIL: with torch's thread count above 1 the rows (or the scan's heads) are split over that many threads.
 Where it cannot be built (no C compiler, not Linux on x86-64) the PyTorch code runs instead, after one
@@ -31,20 +31,24 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("cpu_kernels.c")
+SOURCES = [Path(__file__).with_name(name) for name in ("cpu_rows.c", "cpu_scan.c")]
 # 512-bit vectors where the CPU has them (gcc's default is 256): conv and norm 1.3-1.5x faster on AVX-512
 FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp-simd", "-fno-math-errno", "-shared",
          "-fPIC"]
 LIBS = ["-lmvec", "-lm"]  # glibc's vector math (expf), then libm
-MAX_TAPS, MAX_PIECES = 8, 8  # the conv's kernel size and output pieces at most (cpu_kernels.c); Mamba2: 4, 3
+MAX_TAPS, MAX_PIECES = 8, 8  # the conv's kernel size and output pieces at most (cpu_rows.c); Mamba2: 4, 3
 MIN_ROWS_PER_THREAD = 256  # below this a thread's start costs more than its share of the loop
 
-_P, _L, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
+_P, _L, _I, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
 _SIGNATURES = {
     "gated_norm_fwd": [_P] * 5 + [_L] * 4 + [_F],
     "gated_norm_bwd": [_P] * 8 + [_L] * 4,
     "conv_silu_fwd": [_P] * 5 + [_L] * 7,
     "conv_silu_bwd": [_P] * 5 + [_L] + [_P] * 3 + [_L] * 6,
+    "layer_norm_fwd": [_P] * 6 + [_L] * 3 + [_I, _F, _L, _L],
+    "layer_norm_bwd": [_P] * 8 + [_L] * 3 + [_I, _L, _L],
+    "gated_add_fwd": [_P] * 4 + [_L] * 3 + [_I, _L, _L],
+    "gated_add_bwd": [_P] * 5 + [_L] * 3 + [_I, _L, _L],
     "ssd_scan_fwd": [_P] * 10 + [_L] * 8 + [_F, _L, _L],
     "ssd_scan_bwd": [_P] * 16 + [_L] * 8 + [_F, _L, _L],
 }
@@ -64,7 +68,8 @@ def _cpu_flags() -> str:
 
 def _build(cc: str) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, *LIBS, version, _cpu_flags()]).encode())
+    texts = [source.read_text() for source in SOURCES]
+    key = hashlib.sha256("\0".join([*texts, *FLAGS, *LIBS, version, _cpu_flags()]).encode())
     lib = _cache_dir() / f"cpu_kernels-{key.hexdigest()[:16]}.so"
     if not lib.exists():
         lib.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +77,8 @@ def _build(cc: str) -> Path:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)
         os.close(fd)
         try:
-            done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, *LIBS], capture_output=True, text=True)
+            done = subprocess.run([cc, *FLAGS, *map(str, SOURCES), "-o", tmp, *LIBS], capture_output=True,
+                                  text=True)
             if done.returncode:
                 raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed")
             os.replace(tmp, lib)
@@ -94,8 +100,8 @@ def library() -> ctypes.CDLL | None:
     try:
         lib = ctypes.CDLL(str(_build(cc)))
     except (OSError, RuntimeError, subprocess.CalledProcessError) as e:
-        warnings.warn(f"longvid: fused CPU loops off (building {SOURCE.name} with {cc}: {e}); "
-                      "Mamba2 runs as PyTorch ops only")
+        names = ", ".join(source.name for source in SOURCES)
+        warnings.warn(f"longvid: fused CPU loops off (building {names} with {cc}: {e}); Mamba2 runs as PyTorch ops only")
         return None
     for name, args in _SIGNATURES.items():
         getattr(lib, name).argtypes = args
@@ -191,6 +197,52 @@ def conv_silu_backward(x, weight_t, bias, grads: list[torch.Tensor]):
         _ptr(x), _ptr(weight_t), _ptr(bias), ptrs, ws, len(grads), _ptr(gx), _ptr(gwt_), _ptr(gb_),
         b, L, ch, K, t0, t1), gwt, gb)
     return gx, gwt, gb
+
+
+def _rows(x: torch.Tensor) -> tuple[int, int]:
+    """(rows per batch, channels) of a (b, N, d) tensor."""
+    return x.shape[-2], x.shape[-1]
+
+
+def scan_norm_forward(x, weight, bias, eps: float, keep: int, reverse: bool):
+    """layer_norm(x) * weight + bias of x (b, N, d) with its rows in scan order (rows from `keep` on
+    reversed if `reverse`), and per row the mean and 1/std for the backward."""
+    x, weight, bias = (t.contiguous() for t in (x, weight, bias))
+    N, d = _rows(x)
+    out, mean, rstd = torch.empty_like(x), x.new_empty(x.shape[:-1]), x.new_empty(x.shape[:-1])
+    _over_rows(x.numel() // d, lambda r0, r1: library().layer_norm_fwd(
+        *map(_ptr, (x, weight, bias, out, mean, rstd)), N, d, keep, reverse, eps, r0, r1))
+    return out, mean, rstd
+
+
+def scan_norm_backward(x, weight, mean, rstd, grad, keep: int, reverse: bool):
+    """Gradients of scan_norm_forward: (gx in x's order, gweight, gbias)."""
+    x, weight, grad = x.contiguous(), weight.contiguous(), grad.contiguous()
+    N, d = _rows(x)
+    gx, gw, gb = torch.empty_like(x), x.new_zeros(d), x.new_zeros(d)
+    _over_rows(x.numel() // d, lambda r0, r1, gw_, gb_: library().layer_norm_bwd(
+        *map(_ptr, (x, weight, mean, rstd, grad, gx, gw_, gb_)), N, d, keep, reverse, r0, r1), gw, gb)
+    return gx, gw, gb
+
+
+def gated_add_forward(h, alpha, m, keep: int, reverse: bool):
+    """h + alpha * m with m (b, N, d) in scan order (see scan_norm_forward), alpha (d,)."""
+    h, alpha, m = (t.contiguous() for t in (h, alpha, m))
+    N, d = _rows(h)
+    out = torch.empty_like(h)
+    _over_rows(h.numel() // d, lambda r0, r1: library().gated_add_fwd(
+        *map(_ptr, (h, m, alpha, out)), N, d, keep, reverse, r0, r1))
+    return out
+
+
+def gated_add_backward(alpha, m, grad, keep: int, reverse: bool):
+    """Gradients of gated_add_forward but h's (grad itself): (galpha, gm in scan order)."""
+    alpha, m, grad = alpha.contiguous(), m.contiguous(), grad.contiguous()
+    N, d = _rows(m)
+    gm, galpha = torch.empty_like(m), m.new_zeros(d)
+    _over_rows(m.numel() // d, lambda r0, r1, ga_: library().gated_add_bwd(
+        *map(_ptr, (grad, m, alpha, gm, ga_)), N, d, keep, reverse, r0, r1), galpha)
+    return galpha, gm
 
 
 # The chunked SSD scan (ssd.py names and shapes), split over threads by heads within a group: each

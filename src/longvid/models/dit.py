@@ -27,6 +27,7 @@ from longvid.io import InputError
 from longvid.models import embeddings as E
 from longvid.models.attention import Attention, AttnPlan, make_plan
 from longvid.models.config import PREFIX, DiTConfig, check_frames
+from longvid.models.scan_order import gated_residual, scan_norm
 
 
 class AdaLNZero(nn.Module):
@@ -72,8 +73,9 @@ class MambaBlock(nn.Module):
 
 
 class ScanBlock(nn.Module):
-    """One scan direction. Backward keeps the text tokens in front and reverses only the video tokens.
-    Linear width adapters wrap the block when the Mamba width differs from the model's (2B)."""
+    """One scan direction, added to a residual through a gate. Backward keeps the text tokens in front
+    and reverses only the video tokens. Linear width adapters wrap the block when the Mamba width differs
+    from the model's (2B)."""
 
     def __init__(self, cfg: DiTConfig, backward: bool):
         super().__init__()
@@ -83,34 +85,11 @@ class ScanBlock(nn.Module):
         self.in_projection = nn.Linear(cfg.hidden_size, cfg.mamba_width) if adapt else nn.Identity()
         self.out_projection = nn.Linear(cfg.mamba_width, cfg.hidden_size) if adapt else nn.Identity()
 
-    def forward(self, x: torch.Tensor, L: int) -> torch.Tensor:
-        x = self.in_projection(x)
-        if self.backward:
-            x = ReverseVideo.apply(x, L)
-        x = self.block(x)
-        if self.backward:
-            x = ReverseVideo.apply(x, L)
-        return self.out_projection(x)
-
-
-class ReverseVideo(torch.autograd.Function):
-    """cat([x[:, :L], x[:, L:].flip(1)]) as one copy. The reordering is its own inverse, so the
-    backward is the same copy of the gradient (autograd's own would zero-fill and add per slice)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, L: int) -> torch.Tensor:
-        ctx.L = L
-        return _reverse_video(x, L)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return _reverse_video(grad, ctx.L), None
-
-
-def _reverse_video(x: torch.Tensor, L: int) -> torch.Tensor:
-    N = x.shape[1]
-    order = torch.cat([torch.arange(L, device=x.device), torch.arange(N - 1, L - 1, -1, device=x.device)])
-    return x.index_select(1, order)
+    def forward(self, x: torch.Tensor, L: int, gate: Gate, residual: torch.Tensor) -> torch.Tensor:
+        """residual + gate(scan of x). The adapters act per token, so they commute with the reordering,
+        which happens inside the block's norm and the gated residual (scan_order.py)."""
+        x = scan_norm(self.in_projection(x), self.block.norm, L, self.backward)
+        return gated_residual(residual, gate.alpha(), self.out_projection(self.block.mixer(x)), L, self.backward)
 
 
 class Gate(nn.Module):
@@ -119,10 +98,12 @@ class Gate(nn.Module):
         self.fn = fn
         self.gating_alpha = nn.Parameter(torch.full((dim,), float(init)))
 
+    def alpha(self) -> torch.Tensor:
+        return torch.tanh(self.gating_alpha) if self.fn == "tanh" else self.gating_alpha
+
     def forward(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """h + alpha x, as one op (a pass over the activations fewer, forward and backward)."""
-        alpha = torch.tanh(self.gating_alpha) if self.fn == "tanh" else self.gating_alpha
-        return torch.addcmul(h, alpha, x)
+        return torch.addcmul(h, self.alpha(), x)
 
 
 class DiTBlock(nn.Module):
@@ -159,10 +140,8 @@ class DiTBlock(nn.Module):
         return self.attn1(self._scan(h, plan.text_len), plan)
 
     def _scan(self, h: torch.Tensor, L: int) -> torch.Tensor:
-        if self.parallel_scan:
-            return self.scan2_gating(self.scan1_gating(h, self.mamba_scan1(h, L)), self.mamba_scan2(h, L))
-        s = self.scan1_gating(h, self.mamba_scan1(h, L))
-        return self.scan2_gating(s, self.mamba_scan2(s, L))
+        s = self.mamba_scan1(h, L, self.scan1_gating, residual=h)
+        return self.mamba_scan2(h if self.parallel_scan else s, L, self.scan2_gating, residual=s)
 
 
 class FinalNorm(nn.Module):
