@@ -46,24 +46,34 @@ static inline __attribute__((always_inline)) void tile(int rows, long k, const f
         for (int v = 0; v < 2; v++) *(vf *)(C + r * ldc + v * VEC) = acc[r][v];
 }
 
+/* What a product may skip. The intra-chunk products involve the causal (lower triangular) l x l blocks:
+ * A_LOWER, A is lower triangular (zero above its diagonal, as stored): row i's sum stops at column i;
+ * A_UPPER, A is upper triangular (a transposed lower one): row i's sum starts at column i;
+ * C_LOWER, only C's lower triangle is wanted: tiles wholly above the diagonal are not computed (their
+ * contents are then undefined). In whole tiles of TILE_ROWS rows, so about a third to a half of those
+ * products' work is skipped. */
+enum shape { FULL, A_LOWER, A_UPPER, C_LOWER };
+
 /* C (m x n, row stride ldc) = A B, or += with accumulate. A's element (i, j) is A[i * ars + j * acs],
  * so A may be in either layout; B is (k x n) row-major, row stride ldb. Columns past the last whole
- * tile go through plain loops. */
-static void gemm(long m, long n, long k, const float *A, long ars, long acs, const float *B, long ldb, float *C,
-                 long ldc, int accumulate) {
+ * tile go through plain loops (over all of k). */
+static void gemm(enum shape shape, long m, long n, long k, const float *A, long ars, long acs, const float *B,
+                 long ldb, float *C, long ldc, int accumulate) {
     long tiled = n - n % TILE_COLS;
     for (long i = 0; i < m; i += TILE_ROWS) {
         int rows = m - i < TILE_ROWS ? (int)(m - i) : TILE_ROWS;
-        const float *Ai = A + i * ars;
-        for (long j = 0; j < tiled; j += TILE_COLS) {
+        long k0 = shape == A_UPPER ? (i < k ? i : k) : 0, k1 = shape == A_LOWER && i + rows < k ? i + rows : k;
+        const float *Ai = A + i * ars + k0 * acs, *Bk = B + k0 * ldb;
+        for (long j = 0; j < tiled && (shape != C_LOWER || j < i + rows); j += TILE_COLS) {
             float *Ct = C + i * ldc + j;
+            long kk = k1 - k0;
             switch (rows) { /* each case its own unrolled copy */
-            case 6: tile(6, k, Ai, ars, acs, B + j, ldb, Ct, ldc, accumulate); break;
-            case 5: tile(5, k, Ai, ars, acs, B + j, ldb, Ct, ldc, accumulate); break;
-            case 4: tile(4, k, Ai, ars, acs, B + j, ldb, Ct, ldc, accumulate); break;
-            case 3: tile(3, k, Ai, ars, acs, B + j, ldb, Ct, ldc, accumulate); break;
-            case 2: tile(2, k, Ai, ars, acs, B + j, ldb, Ct, ldc, accumulate); break;
-            default: tile(1, k, Ai, ars, acs, B + j, ldb, Ct, ldc, accumulate);
+            case 6: tile(6, kk, Ai, ars, acs, Bk + j, ldb, Ct, ldc, accumulate); break;
+            case 5: tile(5, kk, Ai, ars, acs, Bk + j, ldb, Ct, ldc, accumulate); break;
+            case 4: tile(4, kk, Ai, ars, acs, Bk + j, ldb, Ct, ldc, accumulate); break;
+            case 3: tile(3, kk, Ai, ars, acs, Bk + j, ldb, Ct, ldc, accumulate); break;
+            case 2: tile(2, kk, Ai, ars, acs, Bk + j, ldb, Ct, ldc, accumulate); break;
+            default: tile(1, kk, Ai, ars, acs, Bk + j, ldb, Ct, ldc, accumulate);
             }
         }
     }
@@ -81,7 +91,7 @@ static void gemm(long m, long n, long k, const float *A, long ars, long acs, con
 }
 
 /* One (l x l) block: decay = 2^clamp(a_r - a_s, floor, 0) for s <= r, else 0 (kept where decay is not
- * NULL); M = decay * S. */
+ * NULL); M = decay * S, lower triangular (S is read on and below its diagonal only). */
 static void decay_block(const float *ah, const float *s_, long l, float floor_, float *decay, float *M) {
     for (long r = 0; r < l; r++) {
         float ar = ah[r];
@@ -91,7 +101,7 @@ static void decay_block(const float *ah, const float *s_, long l, float floor_, 
             v = v < floor_ ? floor_ : v;
             v = s <= r ? exp2f(v > 0.0f ? 0.0f : v) : 0.0f;
             if (decay) decay[r * l + s] = v;
-            M[r * l + s] = v * s_[r * l + s];
+            M[r * l + s] = s <= r ? v * s_[r * l + s] : 0.0f;
         }
     }
 }
@@ -227,7 +237,7 @@ void ssd_scan_fwd(const float *x, const float *dt, const float *a, const float *
                 /* every call needs S; the one with the group's first head keeps it */
                 float *Sk = h0 == 0 ? S + ((b * g + gi) * c + k) * l * l : Sbuf;
                 transpose(Bk, l, n, bs, BT);
-                gemm(l, l, n, Ck, cs, 1, BT, l, Sk, l, 0); /* S = C B^T */
+                gemm(C_LOWER, l, l, n, Ck, cs, 1, BT, l, Sk, l, 0); /* S = C B^T */
                 for (long j = h0; j < h1; j++) {
                     long hh = gi * hg + j;
                     float *h = hprev + ((b * nh + hh) * c + k) * p * n; /* (p x n) */
@@ -237,13 +247,13 @@ void ssd_scan_fwd(const float *x, const float *dt, const float *a, const float *
                     long ys = real == l ? nh * p : p;
                     float e = chunk_inputs(x, dt, ah, b, k, L, l, nh, hh, p, floor_, X, XE, w_end, ea);
                     decay_block(ah, Sk, l, floor_, NULL, M);
-                    gemm(l, p, l, M, l, 1, X, p, Y, ys, 0); /* intra-chunk: M X */
+                    gemm(A_LOWER, l, p, l, M, l, 1, X, p, Y, ys, 0); /* intra-chunk: M X */
                     if (k > 0) { /* inter-chunk: ea C h^T */
                         for (long r = 0; r < l; r++)
 #pragma omp simd
                             for (long i = 0; i < n; i++) Ce[r * n + i] = Ck[r * cs + i] * ea[r];
                         transpose(h, p, n, n, HT);
-                        gemm(l, p, n, Ce, n, 1, HT, p, Y, ys, 1);
+                        gemm(FULL, l, p, n, Ce, n, 1, HT, p, Y, ys, 1);
                     }
                     if (Ds || real < l) /* y = Y + D x, Y in place or in a copy */
                         for (long r = 0; r < real; r++) {
@@ -258,7 +268,7 @@ void ssd_scan_fwd(const float *x, const float *dt, const float *a, const float *
                     else
 #pragma omp simd
                         for (long i = 0; i < p * n; i++) h_next[i] = e * h[i];
-                    gemm(p, n, l, XE, 1, p, Bk, bs, h_next, n, k > 0); /* h = e h + XE^T B */
+                    gemm(FULL, p, n, l, XE, 1, p, Bk, bs, h_next, n, k > 0); /* h = e h + XE^T B */
                 }
             }
         }
@@ -313,9 +323,9 @@ void ssd_scan_bwd(const float *x, const float *dt, const float *a, const float *
                     const float *GY = chunk_rows(gy, b, k, L, l, nh, hh, p, GYbuf, &gs);
 
                     /* the state after this chunk */
-                    gemm(l, p, n, Bk, bs, 1, dhT, p, GXE, p, 0);
+                    gemm(FULL, l, p, n, Bk, bs, 1, dhT, p, GXE, p, 0);
                     transpose(dhT, n, p, p, dH);
-                    gemm(l, n, p, XE, p, 1, dH, n, gBk, n, 1);
+                    gemm(FULL, l, n, p, XE, p, 1, dH, n, gBk, n, 1);
                     float g_e = 0.0f, gw_sum = 0.0f;
 #pragma omp simd reduction(+ : g_e)
                     for (long i = 0; i < n * p; i++) g_e += dH[i] * hp[i];
@@ -332,7 +342,7 @@ void ssd_scan_bwd(const float *x, const float *dt, const float *a, const float *
                         for (long r = 0; r < l; r++)
 #pragma omp simd
                             for (long i = 0; i < p; i++) G1[r * p + i] = GY[r * gs + i] * ea[r];
-                        gemm(l, n, p, G1, p, 1, hp, n, T, n, 0);
+                        gemm(FULL, l, n, p, G1, p, 1, hp, n, T, n, 0);
                         for (long r = 0; r < l; r++) {
                             float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
@@ -343,12 +353,12 @@ void ssd_scan_bwd(const float *x, const float *dt, const float *a, const float *
                             gah[r] += dot;
                         }
                         scale(dhT, n * p, e);
-                        gemm(n, p, l, Ck, 1, cs, G1, p, dhT, p, 1);
+                        gemm(FULL, n, p, l, Ck, 1, cs, G1, p, dhT, p, 1);
                     }
 
                     /* intra-chunk */
                     decay_block(ah, Sk, l, floor_, D, M);
-                    gemm(l, p, l, M, 1, l, GY, gs, G, p, 0); /* M^T dy */
+                    gemm(A_UPPER, l, p, l, M, 1, l, GY, gs, G, p, 0); /* M^T dy */
                     const float *dh = Ds ? Ds + hh * p : NULL;
                     float *gdh = gDs ? gDs + hh * p : NULL;
                     for (long r = 0; r < real; r++) {
@@ -367,7 +377,7 @@ void ssd_scan_bwd(const float *x, const float *dt, const float *a, const float *
                             for (long i = 0; i < p; i++) gdh[i] += gyr[i] * xr[i];
                     }
                     transpose(X, l, p, p, XT);
-                    gemm(l, l, p, GY, gs, 1, XT, l, P, l, 0); /* dy X^T */
+                    gemm(C_LOWER, l, l, p, GY, gs, 1, XT, l, P, l, 0); /* dy X^T */
                     for (long r = 0; r < l; r++) {
                         float row = 0.0f;
 #pragma omp simd reduction(+ : row)
@@ -380,8 +390,8 @@ void ssd_scan_bwd(const float *x, const float *dt, const float *a, const float *
                         gah[r] += row;
                     }
                 }
-                gemm(l, n, l, gS, l, 1, Bk, bs, gCk, n, 1); /* S = C B^T: gC += gS B, gB += gS^T C */
-                gemm(l, n, l, gS, 1, l, Ck, cs, gBk, n, 1);
+                gemm(A_LOWER, l, n, l, gS, l, 1, Bk, bs, gCk, n, 1); /* S = C B^T: gC += gS B, gB += gS^T C */
+                gemm(A_UPPER, l, n, l, gS, 1, l, Ck, cs, gBk, n, 1);
                 for (long r = 0; r < real; r++) {
                     memcpy(gB + ((b * L + k * l + r) * g + gi) * n, gBk + r * n, n * sizeof(float));
                     memcpy(gC + ((b * L + k * l + r) * g + gi) * n, gCk + r * n, n * sizeof(float));
