@@ -43,6 +43,7 @@ void gated_norm_fwd(const float *y, const float *z, const float *w, float *out, 
  * With v = y silu(z), out = v r w:  dv = r w g - v r^3 mean(w g v). */
 void gated_norm_bwd(const float *y, const float *z, const float *w, const float *r, const float *g, float *gy,
                     float *gz, float *gw, long t0, long t1, long d, long gs) {
+    float *sig = malloc(gs * sizeof(float)); /* sigmoid(z) of the group, from the first loop to the second */
     for (long t = t0; t < t1; t++) {
         const float *yt = y + t * d, *zt = z + t * d, *g_t = g + t * d;
         float *gyt = gy + t * d, *gzt = gz + t * d;
@@ -50,20 +51,22 @@ void gated_norm_bwd(const float *y, const float *z, const float *w, const float 
             float rr = r[t * (d / gs) + c0 / gs], qw = 0.0f;
 #pragma omp simd reduction(+ : qw)
             for (long c = c0; c < c0 + gs; c++) {
-                float q = g_t[c] * yt[c] * zt[c] * sigmoid(zt[c]);
+                float s = sigmoid(zt[c]), q = g_t[c] * yt[c] * zt[c] * s;
+                sig[c - c0] = s;
                 gw[c] += q * rr;
                 qw += q * w[c];
             }
             float coef = -qw * rr * rr * rr / (float)gs;
 #pragma omp simd
             for (long c = c0; c < c0 + gs; c++) {
-                float s = sigmoid(zt[c]), u = yt[c], sz = zt[c] * s;
+                float s = sig[c - c0], u = yt[c], sz = zt[c] * s;
                 float dv = g_t[c] * w[c] * rr + u * sz * coef;
                 gyt[c] = dv * sz;
                 gzt[c] = dv * u * s * (1.0f + zt[c] * (1.0f - s)); /* silu'(z) = s (1 + z (1 - s)) */
             }
         }
     }
+    free(sig);
 }
 
 /* The causal depthwise conv: K taps, weight wt as (K, ch) with tap K-1 the current step, on rows of
