@@ -3,10 +3,10 @@ around a scan (cpu_rows.c), and the whole chunked SSD scan (cpu_scan.c, ssd.py).
 
 As PyTorch ops every elementwise step was a pass over memory: on one core of an Intel Xeon (Sapphire
 Rapids class) at 9.5k tokens the norm took 29-35 ms and the conv 38-44 of a ~250 ms ScanBlock, forward
-+ backward; as C loops that read each row once, 6 and 13. The scan runs chunk after chunk per head with
++ backward; as C loops that read each row once, 6 and 11. The scan runs chunk after chunk per head with
 the head's state in cache and its products as small register-tiled loops, which reach 160-190 GFLOP/s
 on 64-128 wide blocks where MKL's batched products of them ran at ~90 (forward + backward of one scan
-at the benchmark's sizes: 78 ms as PyTorch batched products with C loops between them, now 51 ms).
+at the benchmark's sizes: 78 ms as PyTorch batched products with C loops between them, now about 47 ms).
 
 The C files are compiled once per machine by the system C compiler into the user's cache (keyed by
 source, flags, compiler and CPU, so -march=native is safe) and loaded with ctypes, whose calls release
