@@ -101,7 +101,8 @@ def library() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(_build(cc)))
     except (OSError, RuntimeError, subprocess.CalledProcessError) as e:
         names = ", ".join(source.name for source in SOURCES)
-        warnings.warn(f"longvid: fused CPU loops off (building {names} with {cc}: {e}); Mamba2 runs as PyTorch ops only")
+        warnings.warn(f"longvid: fused CPU loops off (building {names} with {cc}: {e}); "
+                      "Mamba2 runs as PyTorch ops only")
         return None
     for name, args in _SIGNATURES.items():
         getattr(lib, name).argtypes = args

@@ -89,7 +89,8 @@ class ScanBlock(nn.Module):
         """residual + gate(scan of x). The adapters act per token, so they commute with the reordering,
         which happens inside the block's norm and the gated residual (scan_order.py)."""
         x = scan_norm(self.in_projection(x), self.block.norm, L, self.backward)
-        return gated_residual(residual, gate.alpha(), self.out_projection(self.block.mixer(x)), L, self.backward)
+        m = self.out_projection(self.block.mixer(x))
+        return gated_residual(residual, gate.alpha(), m, L, self.backward)
 
 
 class Gate(nn.Module):

@@ -20,12 +20,14 @@ from longvid.models import cpu_kernels
 
 def scan_norm(x: torch.Tensor, norm: nn.LayerNorm, keep: int, reverse: bool) -> torch.Tensor:
     """norm(x) with x's rows (b, N, d) in scan order: from `keep` on reversed when `reverse`."""
-    if cpu_kernels.applies(x, norm.weight, norm.bias) and norm.weight is not None and norm.bias is not None:
+    if (cpu_kernels.applies(x, norm.weight, norm.bias) and x.dim() == 3 and norm.weight is not None
+            and norm.bias is not None):
         return _ScanNorm.apply(x, norm.weight, norm.bias, norm.eps, keep, reverse)
     return norm(to_scan_order(x, keep) if reverse else x)
 
 
-def gated_residual(h: torch.Tensor, alpha: torch.Tensor, m: torch.Tensor, keep: int, reverse: bool) -> torch.Tensor:
+def gated_residual(h: torch.Tensor, alpha: torch.Tensor, m: torch.Tensor, keep: int,
+                   reverse: bool) -> torch.Tensor:
     """h + alpha * m, with m (a scan's output, in scan order) put back in token order."""
     if cpu_kernels.applies(h, alpha, m) and h.shape == m.shape and alpha.shape == h.shape[-1:]:
         return _GatedResidual.apply(h, alpha, m, keep, reverse)
@@ -52,7 +54,8 @@ class _Reverse(torch.autograd.Function):
 
 def _reverse(x: torch.Tensor, keep: int) -> torch.Tensor:
     N = x.shape[1]
-    order = torch.cat([torch.arange(keep, device=x.device), torch.arange(N - 1, keep - 1, -1, device=x.device)])
+    order = torch.cat([torch.arange(keep, device=x.device),
+                       torch.arange(N - 1, keep - 1, -1, device=x.device)])
     return x.index_select(1, order)
 
 
