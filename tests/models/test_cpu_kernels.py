@@ -1,4 +1,5 @@
-"""The fused C loops for Mamba2's conv and gated norm against the PyTorch code they replace (fp32)."""
+"""The fused C loops (Mamba2's scan, conv and norms, the scan blocks' norm and gated residual, the MLP's
+GELU) against the PyTorch code they replace (fp32)."""
 
 import warnings
 
@@ -7,6 +8,7 @@ import torch
 
 from longvid.models import cpu_kernels
 from longvid.models.mamba2 import CausalConv1dSiLU, Mamba2, _GatedNorm
+from longvid.models.fast_gelu import gelu_tanh
 from longvid.models.scan_order import gated_residual, scan_norm
 from longvid.models.ssd import ssd_chunked
 
@@ -98,6 +100,25 @@ def test_scan_norm_and_gated_residual_match_pytorch(monkeypatch, threads, keep, 
             torch.testing.assert_close(a, e, rtol=1e-5, atol=3e-5)
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gelu_matches_pytorch(monkeypatch, threads):
+    """The MLP's tanh GELU: values and input gradient against F.gelu, over the range where its two
+    branches matter (x from -12 to 12) and rows split over threads; NaN stays NaN."""
+    torch.manual_seed(0)
+    x = torch.cat([torch.linspace(-12, 12, 3001), torch.randn(600 * 7 - 3001) * 3]).view(7, 600)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got, want = _both(gelu_tanh, monkeypatch, x)
+        nan = gelu_tanh(torch.tensor([float("nan"), 1.0]))
+    finally:
+        torch.set_num_threads(previous)
+    for a, e in zip(got[0] + got[1], want[0] + want[1]):
+        # below x ~ -5 PyTorch's 1 + tanh(u) rounds to 0 where x sigmoid(2u) keeps a tail under 2e-6
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=2e-6)
+    assert nan[0].isnan() and not nan[1].isnan()
 
 
 def test_mixer_with_and_without_loops(monkeypatch):

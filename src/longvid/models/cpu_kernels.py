@@ -1,5 +1,6 @@
 """Fused CPU loops for the Mamba2 scan blocks: gated norm, causal conv, the input norm and gated residual
-around a scan (cpu_rows.c), and the whole chunked SSD scan (cpu_scan.c, ssd.py). fp32 only.
+around a scan (cpu_rows.c), and the whole chunked SSD scan (cpu_scan.c, ssd.py); and the MLP's GELU
+(fast_gelu.py). fp32 only.
 
 As PyTorch ops every elementwise step was a pass over memory: on one core of an Intel Xeon (Sapphire
 Rapids class) at 9.5k tokens the norm took 29-35 ms and the conv 38-44 of a ~250 ms ScanBlock, forward
@@ -49,6 +50,8 @@ _SIGNATURES = {
     "layer_norm_bwd": [_P] * 8 + [_L] * 3 + [_I, _L, _L],
     "gated_add_fwd": [_P] * 4 + [_L] * 3 + [_I, _L, _L],
     "gated_add_bwd": [_P] * 5 + [_L] * 3 + [_I, _L, _L],
+    "gelu_tanh_fwd": [_P] * 2 + [_L] * 2,
+    "gelu_tanh_bwd": [_P] * 3 + [_L] * 2,
     "ssd_scan_fwd": [_P] * 10 + [_L] * 8 + [_F, _L, _L],
     "ssd_scan_bwd": [_P] * 16 + [_L] * 8 + [_F, _L, _L],
 }
@@ -244,6 +247,28 @@ def gated_add_backward(alpha, m, grad, keep: int, reverse: bool):
     _over_rows(m.numel() // d, lambda r0, r1, ga_: library().gated_add_bwd(
         *map(_ptr, (grad, m, alpha, gm, ga_)), N, d, keep, reverse, r0, r1), galpha)
     return galpha, gm
+
+
+def _over_elements(x: torch.Tensor, call) -> None:
+    """call(i0, i1) over element ranges of x split at row boundaries (rows: x's last dim)."""
+    d = max(x.shape[-1], 1) if x.dim() else 1
+    _over_rows(x.numel() // d, lambda r0, r1: call(r0 * d, r1 * d))
+
+
+def gelu_tanh_forward(x):
+    """F.gelu(x, approximate="tanh")."""
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    _over_elements(x, lambda i0, i1: library().gelu_tanh_fwd(_ptr(x), _ptr(out), i0, i1))
+    return out
+
+
+def gelu_tanh_backward(x, grad):
+    """The gradient of gelu_tanh_forward at x, given the output's."""
+    x, grad = x.contiguous(), grad.contiguous()
+    gx = torch.empty_like(x)
+    _over_elements(x, lambda i0, i1: library().gelu_tanh_bwd(_ptr(x), _ptr(grad), _ptr(gx), i0, i1))
+    return gx
 
 
 # The chunked SSD scan (ssd.py names and shapes), split over threads by heads within a group: each

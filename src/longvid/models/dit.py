@@ -27,6 +27,7 @@ from longvid.io import InputError
 from longvid.models import embeddings as E
 from longvid.models.attention import Attention, AttnPlan, make_plan
 from longvid.models.config import PREFIX, DiTConfig, check_frames
+from longvid.models.fast_gelu import gelu_tanh
 from longvid.models.scan_order import gated_residual, scan_norm
 
 
@@ -52,7 +53,7 @@ class FeedForward(nn.Module):
         self.fc_out = nn.Linear(inner, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc_out(F.gelu(self.fc_in(x), approximate="tanh"))
+        return self.fc_out(gelu_tanh(self.fc_in(x)))
 
 
 class MambaBlock(nn.Module):
