@@ -13,9 +13,9 @@ scan chunk the Mamba code really uses on this device; and forward FLOPs of the r
 480x720, where Mamba's projections cost about as much as the attention the windows save. Then
 whether the hybrid's measured ratio is within 10 % of its FLOP ratio.
 
-On CPU, fp32 runs Mamba2's norm, conv and scan, and the norm and gated residual around each scan, as C
-code (longvid.models.cpu_kernels) unless LONGVID_CPU_KERNELS=0, which times the all-PyTorch path
-instead; the config line says which ran.
+On CPU, fp32 runs Mamba2's norm, conv and scan, the norm and gated residual around each scan, and (in
+all three models) the MLP's GELU as C code (longvid.models.cpu_kernels) unless LONGVID_CPU_KERNELS=0,
+which times the all-PyTorch path instead; the config line says which ran.
 
 On Linux the CPU allocator is told to keep freed memory (glibc mallopt; --malloc default does not):
 with glibc's adaptive thresholds the heap went back to the system and was faulted in again every

@@ -227,9 +227,11 @@ void conv_silu_bwd(const float *x, const float *wt, const float *bias, const flo
  * The backward-direction scan reads the video tokens last to first (text tokens stay in front). Reading
  * rows in that order here replaces two reordering copies per direction change (forward and backward). */
 
-/* Source row of output row t (of N per batch): the first `keep` in place, the rest reversed if asked. */
-static inline long scan_row(long t, long N, long keep, int reverse) {
-    return reverse && t >= keep ? N - 1 - (t - keep) : t;
+/* Source row of output row i of (nb * N) rows: per batch of N the first `keep` in place, the rest
+ * reversed if asked. */
+static inline long scan_row(long i, long N, long keep, int reverse) {
+    long t = i % N;
+    return reverse && t >= keep ? i - t + N - 1 - (t - keep) : i;
 }
 
 /* out row i = layer_norm(x row src(i)) * w + bias over d channels, rows [r0, r1) of nb * N; mean and
@@ -237,7 +239,7 @@ static inline long scan_row(long t, long N, long keep, int reverse) {
 void layer_norm_fwd(const float *x, const float *w, const float *bias, float *out, float *mean, float *rstd,
                     long N, long d, long keep, int reverse, float eps, long r0, long r1) {
     for (long i = r0; i < r1; i++) {
-        const float *xr = x + (i - i % N + scan_row(i % N, N, keep, reverse)) * d;
+        const float *xr = x + scan_row(i, N, keep, reverse) * d;
         float *o = out + i * d, s = 0.0f, v = 0.0f;
 #pragma omp simd reduction(+ : s)
         for (long c = 0; c < d; c++) s += xr[c];
@@ -257,7 +259,7 @@ void layer_norm_fwd(const float *x, const float *w, const float *bias, float *ou
 void layer_norm_bwd(const float *x, const float *w, const float *mean, const float *rstd, const float *g,
                     float *gx, float *gw, float *gb, long N, long d, long keep, int reverse, long r0, long r1) {
     for (long i = r0; i < r1; i++) {
-        long src = i - i % N + scan_row(i % N, N, keep, reverse);
+        long src = scan_row(i, N, keep, reverse);
         const float *xr = x + src * d, *gr = g + i * d;
         float *gxr = gx + src * d, mu = mean[i], r = rstd[i], s1 = 0.0f, s2 = 0.0f;
 #pragma omp simd reduction(+ : s1, s2)
@@ -279,7 +281,7 @@ void layer_norm_bwd(const float *x, const float *w, const float *mean, const flo
 void gated_add_fwd(const float *h, const float *m, const float *alpha, float *out, long N, long d, long keep,
                    int reverse, long r0, long r1) {
     for (long i = r0; i < r1; i++) {
-        const float *hr = h + i * d, *mr = m + (i - i % N + scan_row(i % N, N, keep, reverse)) * d;
+        const float *hr = h + i * d, *mr = m + scan_row(i, N, keep, reverse) * d;
         float *o = out + i * d;
 #pragma omp simd
         for (long c = 0; c < d; c++) o[c] = hr[c] + alpha[c] * mr[c];
@@ -290,7 +292,7 @@ void gated_add_fwd(const float *h, const float *m, const float *alpha, float *ou
 void gated_add_bwd(const float *g, const float *m, const float *alpha, float *gm, float *galpha, long N, long d,
                    long keep, int reverse, long r0, long r1) {
     for (long i = r0; i < r1; i++) {
-        long src = i - i % N + scan_row(i % N, N, keep, reverse);
+        long src = scan_row(i, N, keep, reverse);
         const float *gr = g + i * d, *mr = m + src * d;
         float *gmr = gm + src * d;
 #pragma omp simd

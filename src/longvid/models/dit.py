@@ -69,8 +69,10 @@ class MambaBlock(nn.Module):
                             expand=cfg.mamba_expand, headdim=cfg.mamba_head_dim, ngroups=cfg.mamba_ngroups,
                             chunk_size=cfg.mamba_chunk_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mixer(self.norm(x))
+    def forward(self, x: torch.Tensor, keep: int = 0, reverse: bool = False) -> torch.Tensor:
+        """The mixer's output, in scan order: with `reverse` the rows from `keep` on are read last to
+        first (by the norm itself, scan_order.py) and the output stays in that order."""
+        return self.mixer(scan_norm(x, self.norm, keep, reverse))
 
 
 class ScanBlock(nn.Module):
@@ -87,14 +89,15 @@ class ScanBlock(nn.Module):
         self.out_projection = nn.Linear(cfg.mamba_width, cfg.hidden_size) if adapt else nn.Identity()
 
     def forward(self, x: torch.Tensor, L: int, gate: Gate, residual: torch.Tensor) -> torch.Tensor:
-        """residual + gate(scan of x). The adapters act per token, so they commute with the reordering,
-        which happens inside the block's norm and the gated residual (scan_order.py)."""
-        x = scan_norm(self.in_projection(x), self.block.norm, L, self.backward)
-        m = self.out_projection(self.block.mixer(x))
+        """residual + gate alpha * (scan of x). The adapters act per token, so they commute with the
+        reordering, which happens inside the block's norm and the gated residual (scan_order.py)."""
+        m = self.out_projection(self.block(self.in_projection(x), L, self.backward))
         return gated_residual(residual, gate.alpha(), m, L, self.backward)
 
 
 class Gate(nn.Module):
+    """A scan's per-channel gate (seed `scan*_gating`); ScanBlock applies it with the residual add."""
+
     def __init__(self, dim: int, fn: str, init: float):
         super().__init__()
         self.fn = fn
@@ -102,10 +105,6 @@ class Gate(nn.Module):
 
     def alpha(self) -> torch.Tensor:
         return torch.tanh(self.gating_alpha) if self.fn == "tanh" else self.gating_alpha
-
-    def forward(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """h + alpha x, as one op (a pass over the activations fewer, forward and backward)."""
-        return torch.addcmul(h, self.alpha(), x)
 
 
 class DiTBlock(nn.Module):
